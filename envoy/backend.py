@@ -61,6 +61,8 @@ def main():
     parser.add_argument("--name", required=True)
     parser.add_argument("--address", default="127.0.0.1")
     args = parser.parse_args()
+    # Python's default listen backlog (5) overflows under a burst of new upstream connections.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((args.address, args.port), make_handler(args.name))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -152,31 +152,33 @@ impl Settings {
                 s.cookie.http_only = http_only;
             }
             if let Some(same_site) = c.string("same_site")? {
-                s.cookie.same_site =
-                    match same_site {
-                        "lax" => SameSite::Lax,
-                        "strict" => SameSite::Strict,
-                        "none" => SameSite::None,
-                        other => return Err(err(
+                s.cookie.same_site = match same_site {
+                    "lax" => SameSite::Lax,
+                    "strict" => SameSite::Strict,
+                    "none" => SameSite::None,
+                    other => {
+                        return Err(err(
                             "cookie.same_site",
                             format!(
                                 "unknown value {other:?}; expected \"lax\", \"strict\" or \"none\""
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
             }
             if let Some(lifetime) = c.string("lifetime_type")? {
-                s.cookie.lifetime_type =
-                    match lifetime {
-                        "session" => LifetimeType::Session,
-                        "permanent" => LifetimeType::Permanent,
-                        other => return Err(err(
+                s.cookie.lifetime_type = match lifetime {
+                    "session" => LifetimeType::Session,
+                    "permanent" => LifetimeType::Permanent,
+                    other => {
+                        return Err(err(
                             "cookie.lifetime_type",
                             format!(
                                 "unknown value {other:?}; expected \"session\" or \"permanent\""
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
             }
             c.finish()?;
         }

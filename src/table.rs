@@ -507,7 +507,10 @@ mod tests {
         assert!(r.evicted_live);
         assert_eq!(t.lookup(&store, &ids[1], 5_100), Lookup::Unknown);
         for (i, live) in ids.iter().enumerate().skip(2) {
-            assert!(matches!(t.lookup(&store, live, 5_100), Lookup::Live(_)), "slot {i}");
+            assert!(
+                matches!(t.lookup(&store, live, 5_100), Lookup::Live(_)),
+                "slot {i}"
+            );
         }
     }
 

@@ -75,3 +75,11 @@ def pytest_runtest_makereport(item, call):
                 state = "alive" if envoy.alive() else "NOT RUNNING"
                 report.sections.append(
                     (f"envoy log tail ({envoy.log_path}, {state})", tail))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if harness.UNHEALTHY_STARTS:
+        terminalreporter.write_line(
+            f"harness: {len(harness.UNHEALTHY_STARTS)} Envoy start(s) had endpoints failing their "
+            f"first health check (active_hc_timeout) and were started over; first: "
+            f"{harness.UNHEALTHY_STARTS[0]}")
