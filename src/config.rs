@@ -12,6 +12,16 @@ use std::fmt;
 pub const DEFAULT_SESSION_NAME: &str = "tether";
 pub const DEFAULT_HOST_HEADER: &str = "x-tether-host";
 pub const DEFAULT_COOKIE_PATH: &str = "/";
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+pub const DEFAULT_UNAVAILABLE_STATUS: u16 = 503;
+pub const DEFAULT_RETRY_AFTER_S: u64 = 5;
+/// Bytes of a token key.
+pub const KEY_LEN: usize = 32;
+/// Bounds that keep a typo from becoming an outage or an allocation storm.
+pub const MAX_MAX_SESSIONS: usize = 10_000_000;
+pub const MIN_MAX_SESSIONS: usize = 8;
+pub const MAX_TRUSTED_HOPS: usize = 16;
+pub const MAX_KEYS: usize = 8;
 
 /// A refused configuration: the field (dotted path) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +49,33 @@ fn err(field: &str, problem: impl Into<String>) -> ConfigError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionType {
+    /// tether issues a sealed token in a cookie named `session_name`.
     Cookie,
+    /// tether issues a sealed token in a response header named `session_name`; the client
+    /// sends it back in a request header of that name.
+    Header,
+    /// tether binds an id the application or the client already has (`learn_from`).
+    Learn,
+    /// The client's address pins the session.
+    SourceIp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearnFrom {
+    /// The backend sets a cookie named `session_name` (e.g. JSESSIONID).
+    Cookie,
+    /// The client sends a request header named `session_name`.
+    Header,
+    /// The client sends a query parameter named `session_name`.
+    Query,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// The session moves to the endpoint that served it.
+    Rebalance,
+    /// The session stays; the client gets `unavailable_status` with `Retry-After`.
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +115,18 @@ pub struct Settings {
     pub idle_timeout_ms: Option<u64>,
     /// Lower-case header name that Envoy's `override_host` policy reads.
     pub host_header: String,
+    /// Lower-case header name a route matches to pick the session's cluster.
+    pub cluster_header: Option<String>,
+    pub learn_from: LearnFrom,
+    /// `X-Forwarded-For` entries added by trusted proxies (source_ip); 0: the peer address.
+    pub trusted_hops: usize,
+    /// Token keys: the first seals, all open. Empty: a random key per Envoy process.
+    pub keys: Vec<[u8; KEY_LEN]>,
+    pub on_unavailable: OnUnavailable,
+    pub unavailable_status: u16,
+    pub retry_after_s: u64,
+    /// Bindings the table holds at most (learn and source_ip).
+    pub max_sessions: usize,
 }
 
 impl Default for Settings {
@@ -97,52 +145,205 @@ impl Default for Settings {
             absolute_timeout_ms: None,
             idle_timeout_ms: None,
             host_header: DEFAULT_HOST_HEADER.to_string(),
+            cluster_header: None,
+            learn_from: LearnFrom::Cookie,
+            trusted_hops: 0,
+            keys: Vec::new(),
+            on_unavailable: OnUnavailable::Rebalance,
+            unavailable_status: DEFAULT_UNAVAILABLE_STATUS,
+            retry_after_s: DEFAULT_RETRY_AFTER_S,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
 
-impl Settings {
+/// The whole plugin configuration: the top-level policy, and per-route policies keyed by
+/// Envoy route name (`None`: tether is disabled on that route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    pub default: Settings,
+    pub routes: Vec<(String, Option<Settings>)>,
+}
+
+impl PluginConfig {
     /// Parses and checks the plugin configuration. Empty input (no configuration) means
     /// every default.
-    pub fn parse(bytes: &[u8]) -> Result<Settings, ConfigError> {
+    pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(Settings::default());
+            return Ok(PluginConfig {
+                default: Settings::default(),
+                routes: Vec::new(),
+            });
         }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| err("", format!("configuration is not valid JSON: {e}")))?;
         let obj = value
             .as_object()
             .ok_or_else(|| err("", "configuration must be a JSON object"))?;
-        Settings::from_object(obj)
+        let mut base = obj.clone();
+        let routes = match base.remove("routes") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(r)) => r,
+            Some(other) => return Err(err("routes", format!("expected an object, got {other}"))),
+        };
+        let default = Settings::from_object(&base, "")?;
+        let mut compiled = Vec::with_capacity(routes.len());
+        for (name, route) in &routes {
+            let prefix = format!("routes.{name}");
+            if name.is_empty() {
+                return Err(err("routes", "a route name must not be empty"));
+            }
+            let Value::Object(route) = route else {
+                return Err(err(&prefix, format!("expected an object, got {route}")));
+            };
+            let mut route = route.clone();
+            let disabled = match route.remove("disabled") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(other) => {
+                    return Err(err(
+                        &format!("{prefix}.disabled"),
+                        format!("expected true or false, got {other}"),
+                    ))
+                }
+            };
+            if route.contains_key("routes") {
+                return Err(err(&format!("{prefix}.routes"), "routes do not nest"));
+            }
+            // A route's fields override the top level's; objects merge field by field.
+            let mut merged = base.clone();
+            merge(&mut merged, &route);
+            let settings = Settings::from_object(&merged, &format!("{prefix}."))?;
+            compiled.push((name.clone(), (!disabled).then_some(settings)));
+        }
+        Ok(PluginConfig {
+            default,
+            routes: compiled,
+        })
+    }
+}
+
+fn merge(base: &mut Map<String, Value>, over: &Map<String, Value>) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(Value::Object(b)), Value::Object(o)) => merge(b, o),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// One policy, without routes (tests and tools).
+    pub fn parse(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        let config = PluginConfig::parse(bytes)?;
+        if !config.routes.is_empty() {
+            return Err(err("routes", "not allowed here"));
+        }
+        Ok(config.default)
     }
 
-    fn from_object(obj: &Map<String, Value>) -> Result<Settings, ConfigError> {
-        let mut fields = Fields::new(obj, "");
+    fn from_object(obj: &Map<String, Value>, prefix: &str) -> Result<Settings, ConfigError> {
+        let mut fields = Fields::new(obj, prefix.trim_end_matches('.'));
         let mut s = Settings::default();
+        let at = |field: &str| format!("{prefix}{field}");
 
         if let Some(kind) = fields.string("type")? {
             s.session_type = match kind {
                 "cookie" => SessionType::Cookie,
+                "header" => SessionType::Header,
+                "learn" => SessionType::Learn,
+                "source_ip" => SessionType::SourceIp,
                 other => {
                     return Err(err(
-                        "type",
-                        format!("unknown session type {other:?}; expected \"cookie\""),
+                        &at("type"),
+                        format!("unknown session type {other:?}; expected \"cookie\", \"header\", \"learn\" or \"source_ip\""),
                     ))
                 }
             };
         }
         if let Some(name) = fields.string("session_name")? {
-            check_token("session_name", name)?;
+            check_token(&at("session_name"), name)?;
             s.session_name = name.to_string();
         }
+        if let Some(from) = fields.string("learn_from")? {
+            s.learn_from = match from {
+                "cookie" => LearnFrom::Cookie,
+                "header" => LearnFrom::Header,
+                "query" => LearnFrom::Query,
+                other => {
+                    return Err(err(
+                        &at("learn_from"),
+                        format!(
+                            "unknown value {other:?}; expected \"cookie\", \"header\" or \"query\""
+                        ),
+                    ))
+                }
+            };
+        }
+        if let Some(hops) = fields.integer("trusted_hops", 0, MAX_TRUSTED_HOPS as u64)? {
+            s.trusted_hops = hops as usize;
+        }
+        if let Some(keys) = fields.array("keys")? {
+            if keys.is_empty() || keys.len() > MAX_KEYS {
+                return Err(err(
+                    &at("keys"),
+                    format!("must list 1 to {MAX_KEYS} keys (leave the field out for a random key per Envoy process)"),
+                ));
+            }
+            for (i, key) in keys.iter().enumerate() {
+                let field = at(&format!("keys[{i}]"));
+                let text = key
+                    .as_str()
+                    .ok_or_else(|| err(&field, format!("expected a string, got {key}")))?;
+                let bytes = crate::token::base64_decode(text.as_bytes())
+                    .ok_or_else(|| err(&field, "is not base64"))?;
+                let key: [u8; KEY_LEN] = bytes.try_into().map_err(|b: Vec<u8>| {
+                    err(
+                        &field,
+                        format!(
+                            "decodes to {} bytes; a key is {KEY_LEN} random bytes",
+                            b.len()
+                        ),
+                    )
+                })?;
+                s.keys.push(key);
+            }
+        }
+        if let Some(mode) = fields.string("on_unavailable")? {
+            s.on_unavailable = match mode {
+                "rebalance" => OnUnavailable::Rebalance,
+                "strict" => OnUnavailable::Strict,
+                other => {
+                    return Err(err(
+                        &at("on_unavailable"),
+                        format!("unknown value {other:?}; expected \"rebalance\" or \"strict\""),
+                    ))
+                }
+            };
+        }
+        if let Some(status) = fields.integer("unavailable_status", 200, 599)? {
+            s.unavailable_status = status as u16;
+        }
+        if let Some(d) = fields.string("retry_after")? {
+            s.retry_after_s = parse_duration_ms(&at("retry_after"), d)?.div_ceil(1000);
+        }
+        if let Some(n) = fields.integer(
+            "max_sessions",
+            MIN_MAX_SESSIONS as u64,
+            MAX_MAX_SESSIONS as u64,
+        )? {
+            s.max_sessions = n as usize;
+        }
         if let Some(cookie) = fields.object("cookie")? {
-            let mut c = Fields::new(cookie, "cookie");
+            let mut c = Fields::new(cookie, &at("cookie"));
             if let Some(path) = c.string("path")? {
-                check_cookie_path("cookie.path", path)?;
+                check_cookie_path(&at("cookie.path"), path)?;
                 s.cookie.path = path.to_string();
             }
             if let Some(domain) = c.string("domain")? {
-                check_cookie_domain("cookie.domain", domain)?;
+                check_cookie_domain(&at("cookie.domain"), domain)?;
                 s.cookie.domain = Some(domain.to_string());
             }
             if let Some(secure) = c.boolean("secure")? {
@@ -158,7 +359,7 @@ impl Settings {
                     "none" => SameSite::None,
                     other => {
                         return Err(err(
-                            "cookie.same_site",
+                            &at("cookie.same_site"),
                             format!(
                                 "unknown value {other:?}; expected \"lax\", \"strict\" or \"none\""
                             ),
@@ -172,7 +373,7 @@ impl Settings {
                     "permanent" => LifetimeType::Permanent,
                     other => {
                         return Err(err(
-                            "cookie.lifetime_type",
+                            &at("cookie.lifetime_type"),
                             format!(
                                 "unknown value {other:?}; expected \"session\" or \"permanent\""
                             ),
@@ -183,16 +384,20 @@ impl Settings {
             c.finish()?;
         }
         if let Some(d) = fields.string("absolute_timeout")? {
-            s.absolute_timeout_ms = Some(parse_duration_ms("absolute_timeout", d)?);
+            s.absolute_timeout_ms = Some(parse_duration_ms(&at("absolute_timeout"), d)?);
         }
         if let Some(d) = fields.string("idle_timeout")? {
-            s.idle_timeout_ms = Some(parse_duration_ms("idle_timeout", d)?);
+            s.idle_timeout_ms = Some(parse_duration_ms(&at("idle_timeout"), d)?);
         }
         if let Some(upstream) = fields.object("upstream")? {
-            let mut u = Fields::new(upstream, "upstream");
+            let mut u = Fields::new(upstream, &at("upstream"));
             if let Some(h) = u.string("host_header")? {
-                check_token("upstream.host_header", h)?;
+                check_token(&at("upstream.host_header"), h)?;
                 s.host_header = h.to_ascii_lowercase();
+            }
+            if let Some(h) = u.string("cluster_header")? {
+                check_token(&at("upstream.cluster_header"), h)?;
+                s.cluster_header = Some(h.to_ascii_lowercase());
             }
             u.finish()?;
         }
@@ -200,42 +405,118 @@ impl Settings {
 
         if s.cookie.lifetime_type == LifetimeType::Permanent && s.absolute_timeout_ms.is_none() {
             return Err(err(
-                "cookie.lifetime_type",
+                &at("cookie.lifetime_type"),
                 "\"permanent\" needs absolute_timeout (the cookie's Max-Age)",
             ));
         }
         if s.cookie.same_site == SameSite::None && !s.cookie.secure {
             return Err(err(
-                "cookie.same_site",
+                &at("cookie.same_site"),
                 "\"none\" needs cookie.secure: true (browsers drop SameSite=None cookies without Secure)",
             ));
         }
-        if ["cookie", "host", "content-length", "transfer-encoding"]
-            .contains(&s.host_header.as_str())
-        {
+        for (field, header) in [
+            ("upstream.host_header", Some(&s.host_header)),
+            ("upstream.cluster_header", s.cluster_header.as_ref()),
+        ] {
+            if let Some(h) = header {
+                if RESERVED_HEADERS.contains(&h.as_str()) {
+                    return Err(err(
+                        &at(field),
+                        format!("{h:?} is a header Envoy needs for itself"),
+                    ));
+                }
+            }
+        }
+        if s.cluster_header.as_ref() == Some(&s.host_header) {
             return Err(err(
-                "upstream.host_header",
-                format!("{:?} is a header Envoy needs for itself", s.host_header),
+                &at("upstream.cluster_header"),
+                "must differ from upstream.host_header",
             ));
+        }
+        let carries_in_header = matches!(s.session_type, SessionType::Header)
+            || (s.session_type == SessionType::Learn && s.learn_from == LearnFrom::Header);
+        if carries_in_header {
+            let name = s.session_name.to_ascii_lowercase();
+            if RESERVED_HEADERS.contains(&name.as_str())
+                || name == s.host_header
+                || Some(&name) == s.cluster_header.as_ref()
+            {
+                return Err(err(
+                    &at("session_name"),
+                    format!("{name:?} cannot carry sessions as a header"),
+                ));
+            }
         }
         Ok(s)
     }
+
+    /// The request header that carries the session, for the types that use one.
+    pub fn session_header(&self) -> Option<String> {
+        match (self.session_type, self.learn_from) {
+            (SessionType::Header, _) | (SessionType::Learn, LearnFrom::Header) => {
+                Some(self.session_name.to_ascii_lowercase())
+            }
+            _ => None,
+        }
+    }
 }
+
+const RESERVED_HEADERS: &[&str] = &[
+    "cookie",
+    "set-cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-forwarded-for",
+];
 
 /// Reads the fields of one JSON object, remembering which were read so that `finish` can
 /// refuse the rest as unknown. `null` counts as absent (the default applies).
 struct Fields<'a> {
     obj: &'a Map<String, Value>,
-    prefix: &'static str,
+    prefix: String,
     seen: Vec<&'static str>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(obj: &'a Map<String, Value>, prefix: &'static str) -> Self {
+    fn new(obj: &'a Map<String, Value>, prefix: &str) -> Self {
         Fields {
             obj,
-            prefix,
+            prefix: prefix.to_string(),
             seen: Vec::new(),
+        }
+    }
+
+    fn integer(
+        &mut self,
+        name: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(err(
+                    &self.path(name),
+                    format!("expected a whole number from {min} to {max}, got {v}"),
+                )),
+            },
+        }
+    }
+
+    fn array(&mut self, name: &'static str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(other) => Err(err(
+                &self.path(name),
+                format!("expected a list, got {other}"),
+            )),
         }
     }
 

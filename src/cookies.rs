@@ -1,7 +1,6 @@
 //! Reading tether's cookie from a request and writing the Set-Cookie that issues it.
 
 use crate::config::{CookieSettings, LifetimeType, SameSite};
-use crate::token::SessionId;
 use cookie::Cookie;
 
 /// At most this many cookies of tether's name are tried per request. A client may send the
@@ -9,28 +8,59 @@ use cookie::Cookie;
 /// unbounded table lookups.
 pub const MAX_CANDIDATES: usize = 4;
 
-/// The well-formed session ids among the cookies named `name`, in the order sent. Any bytes
-/// at all are accepted: what is not a token of ours is skipped, never an error.
-pub fn session_ids(header: &[u8], name: &str) -> Vec<SessionId> {
+/// The values of the cookies named `name`, in the order sent, at most `MAX_CANDIDATES`. Any
+/// bytes at all are accepted: what does not parse is skipped, never an error.
+pub fn values(header: &[u8], name: &str) -> Vec<String> {
     // Our tokens are ASCII, so a lossy reading of a non-UTF-8 header loses none of them.
     let text = String::from_utf8_lossy(header);
     Cookie::split_parse(text)
         .filter_map(Result::ok)
         .filter(|c| c.name() == name)
-        .filter_map(|c| SessionId::decode(c.value_trimmed().as_bytes()))
+        .map(|c| c.value_trimmed().to_string())
         .take(MAX_CANDIDATES)
         .collect()
 }
 
-/// The Set-Cookie value that hands `id` to the client. `max_age_s` is used only for
+/// The `Cookie` header without the cookies named `name`: `None` if none was there (leave the
+/// header alone), `Some(empty)` if nothing else is left (remove the header).
+pub fn without(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut removed = false;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for part in header.split(|&b| b == b';') {
+        let trimmed = part.trim_ascii();
+        let part_name = trimmed
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or(trimmed)
+            .trim_ascii();
+        if part_name == name.as_bytes() {
+            removed = true;
+        } else if !trimmed.is_empty() {
+            kept.push(trimmed);
+        }
+    }
+    removed.then(|| kept.join(&b"; "[..]))
+}
+
+/// The value a `Set-Cookie` header gives to the cookie `name`, unless it deletes it.
+pub fn set_cookie_value(header: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(header).ok()?;
+    let c = Cookie::parse(text).ok()?;
+    let deletes = c
+        .max_age()
+        .is_some_and(|age| age.is_zero() || age.is_negative());
+    (c.name() == name && !c.value().is_empty() && !deletes).then(|| c.value_trimmed().to_string())
+}
+
+/// The Set-Cookie value that hands `value` to the client. `max_age_s` is used only for
 /// permanent cookies.
 pub fn set_cookie(
     name: &str,
-    id: &SessionId,
+    value: &str,
     settings: &CookieSettings,
     max_age_s: Option<u64>,
 ) -> String {
-    let mut c = Cookie::build((name.to_string(), id.encode()))
+    let mut c = Cookie::build((name.to_string(), value.to_string()))
         .path(settings.path.clone())
         .http_only(settings.http_only)
         .secure(settings.secure)
@@ -54,69 +84,83 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
-    fn id(n: u8) -> SessionId {
-        SessionId([n; 16])
-    }
-
     #[test]
     fn finds_our_cookie_among_others() {
-        let a = id(1).encode();
-        let b = id(2).encode();
-        let header = format!("x=1; tether={a}; other=\"q\"; tether=garbage; tether={b}");
-        assert_eq!(session_ids(header.as_bytes(), "tether"), vec![id(1), id(2)]);
-        assert_eq!(session_ids(header.as_bytes(), "teth"), vec![]);
-        let quoted = format!("tether=\"{a}\"");
-        assert_eq!(session_ids(quoted.as_bytes(), "tether"), vec![id(1)]);
+        let header = "x=1; tether=a; other=\"q\"; tether=garbage; tether=\"b\"";
+        assert_eq!(
+            values(header.as_bytes(), "tether"),
+            vec!["a", "garbage", "b"]
+        );
+        assert!(values(header.as_bytes(), "teth").is_empty());
     }
 
     #[test]
     fn garbage_never_breaks() {
-        let a = id(3).encode();
         let mut corpus: Vec<Vec<u8>> = vec![
             b"".to_vec(),
             b";;;".to_vec(),
             b"=;=;=".to_vec(),
             b"tether".to_vec(),
-            b"tether=".to_vec(),
-            b"\xff\xfe\x00tether=\x80".to_vec(),
+            b"\xff\xfe\x00tetherx=\x80".to_vec(),
             vec![b'a'; 8192],
-            format!("tether={}", "A".repeat(8192)).into_bytes(),
         ];
         let many: String = (0..1000).map(|i| format!("c{i}=v; ")).collect();
         corpus.push(many.into_bytes());
         for header in &corpus {
             assert!(
-                session_ids(header, "tether").is_empty(),
+                values(header, "tether").is_empty(),
                 "{:?}",
                 String::from_utf8_lossy(header)
             );
         }
-        // Non-UTF-8 bytes around a good token do not hide it.
-        let mixed = [
-            b"junk=\xff\xfe; tether=".to_vec(),
-            a.clone().into_bytes(),
-            b"; z=\x80".to_vec(),
-        ]
-        .concat();
-        assert_eq!(session_ids(&mixed, "tether"), vec![id(3)]);
+        // Non-UTF-8 bytes around a good value do not hide it.
+        let mixed = b"junk=\xff\xfe; tether=AbC_-1; z=\x80".to_vec();
+        assert_eq!(values(&mixed, "tether"), vec!["AbC_-1"]);
     }
 
     #[test]
     fn candidates_are_bounded() {
-        let header: String = (0..50)
-            .map(|n| format!("tether={}; ", id(n).encode()))
-            .collect();
+        let header: String = (0..50).map(|n| format!("tether=v{n}; ")).collect();
+        assert_eq!(values(header.as_bytes(), "tether").len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn removing_our_cookie_keeps_the_others() {
         assert_eq!(
-            session_ids(header.as_bytes(), "tether").len(),
-            MAX_CANDIDATES
+            without(b"a=1; tether=x; b=2", "tether"),
+            Some(b"a=1; b=2".to_vec())
         );
+        assert_eq!(without(b"tether=x;tether=y", "tether"), Some(Vec::new()));
+        assert_eq!(without(b"a=1; tetherx=2", "tether"), None);
+        assert_eq!(
+            without(b"a=\xff; tether=x", "tether"),
+            Some(b"a=\xff".to_vec())
+        );
+    }
+
+    #[test]
+    fn learning_from_set_cookie() {
+        assert_eq!(
+            set_cookie_value(b"JSESSIONID=abc123; Path=/; HttpOnly", "JSESSIONID").as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(set_cookie_value(b"OTHER=abc; Path=/", "JSESSIONID"), None);
+        assert_eq!(
+            set_cookie_value(b"JSESSIONID=; Max-Age=0", "JSESSIONID"),
+            None
+        );
+        assert_eq!(
+            set_cookie_value(b"JSESSIONID=x; Max-Age=0", "JSESSIONID"),
+            None
+        );
+        assert_eq!(set_cookie_value(b"\xff", "JSESSIONID"), None);
     }
 
     #[test]
     fn set_cookie_attributes() {
         let mut s = Settings::default().cookie;
-        let v = set_cookie("tether", &id(1), &s, Some(60));
-        assert!(v.starts_with(&format!("tether={}", id(1).encode())), "{v}");
+        let v = set_cookie("tether", "tok", &s, Some(60));
+        assert!(v.starts_with("tether=tok"), "{v}");
         assert!(v.contains("Path=/"), "{v}");
         assert!(v.contains("HttpOnly"), "{v}");
         assert!(v.contains("SameSite=Lax"), "{v}");
@@ -133,7 +177,7 @@ mod tests {
         s.same_site = SameSite::Strict;
         s.domain = Some("example.com".into());
         s.path = "/app".into();
-        let v = set_cookie("sid", &id(1), &s, Some(86_400));
+        let v = set_cookie("sid", "tok", &s, Some(86_400));
         for part in [
             "sid=",
             "Path=/app",

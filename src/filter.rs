@@ -5,10 +5,10 @@
 //! convenience methods unwrap host results and decode headers as UTF-8, and a panic kills the
 //! VM for every later request on this worker.
 
-use crate::config::Settings;
-use crate::session::{Engine, RequestState};
+use crate::config::{PluginConfig, Settings, KEY_LEN};
+use crate::session::{Engine, Request, RequestState, Response};
 use crate::table::{Store, StoreError};
-use crate::token::SystemEntropy;
+use crate::token::{Entropy, SystemEntropy};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,7 +22,7 @@ mod entry {
     use super::*;
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Trace);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TetherRoot { engine: None }) });
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TetherRoot { policies: None }) });
     }}
 }
 
@@ -55,9 +55,54 @@ fn property_text(path: Vec<&str>) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// One per plugin configuration on each worker: holds the compiled configuration.
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The key that seals tokens when the configuration lists none: random, made once per
+/// Envoy process and kept in shared data so that every worker uses the same one.
+const PROCESS_KEY: &str = "tether/v1/process-key";
+
+fn process_key() -> Option<[u8; KEY_LEN]> {
+    if let Ok((Some(key), _)) = hostcalls::get_shared_data(PROCESS_KEY) {
+        return key.try_into().ok();
+    }
+    let mut key = [0u8; KEY_LEN];
+    if !SystemEntropy.fill(&mut key) {
+        return None;
+    }
+    hostcalls::set_shared_data(PROCESS_KEY, Some(&key), None).ok()?;
+    // Read back what is stored: if another thread won a race to create it, use theirs.
+    let (stored, _) = hostcalls::get_shared_data(PROCESS_KEY).ok()?;
+    stored?.try_into().ok()
+}
+
+/// Compiled policies: the default and the per-route ones (`None`: disabled on that route).
+struct Policies {
+    default: Rc<Engine>,
+    routes: Vec<(String, Option<Rc<Engine>>)>,
+    /// Headers tether owns on every route: client-sent copies are removed everywhere.
+    owned_headers: Vec<String>,
+}
+
+impl Policies {
+    fn for_request(&self) -> Option<Rc<Engine>> {
+        if self.routes.is_empty() {
+            return Some(self.default.clone());
+        }
+        let route = property_text(vec!["xds", "route_name"]);
+        match route.and_then(|r| self.routes.iter().find(|(name, _)| *name == r)) {
+            Some((_, engine)) => engine.clone(),
+            None => Some(self.default.clone()),
+        }
+    }
+}
+
+/// One per plugin configuration on each worker: holds the compiled policies.
 struct TetherRoot {
-    engine: Option<Rc<Engine>>,
+    policies: Option<Rc<Policies>>,
 }
 
 impl Context for TetherRoot {}
@@ -71,33 +116,63 @@ impl RootContext for TetherRoot {
                 return false;
             }
         };
-        let settings = match Settings::parse(&bytes) {
-            Ok(s) => s,
+        let config = match PluginConfig::parse(&bytes) {
+            Ok(c) => c,
             Err(e) => {
                 error!("tether: invalid plugin configuration: {e}");
                 return false;
             }
         };
-        let engine = Engine::new(settings);
-        match engine.table.prepare(&SharedData) {
-            Ok(created) if created > 0 => info!(
-                "tether: binding table for session {:?} ready ({} buckets, {} created)",
-                engine.settings.session_name,
-                engine.table.bucket_count(),
-                created
-            ),
-            Ok(_) => {}
-            Err(e) => warn!("tether: could not create the binding table: {e:?}"),
+        let Some(key) = process_key() else {
+            error!("tether: no randomness from the host for the process key");
+            return false;
+        };
+        let build = |settings: Settings| {
+            let engine = Engine::new(settings, key);
+            if engine.needs_table() {
+                match engine.table.prepare(&SharedData) {
+                    Ok(created) if created > 0 => info!(
+                        "tether: binding table for session {:?} ready ({} buckets, {} created)",
+                        engine.settings.session_name,
+                        engine.table.bucket_count(),
+                        created
+                    ),
+                    Ok(_) => {}
+                    Err(e) => warn!("tether: could not create the binding table: {e:?}"),
+                }
+            }
+            Rc::new(engine)
+        };
+        let default = build(config.default);
+        let routes: Vec<(String, Option<Rc<Engine>>)> = config
+            .routes
+            .into_iter()
+            .map(|(name, settings)| (name, settings.map(build)))
+            .collect();
+        let mut owned_headers = Vec::new();
+        for engine in std::iter::once(&default).chain(routes.iter().filter_map(|(_, e)| e.as_ref()))
+        {
+            let s = &engine.settings;
+            for h in std::iter::once(&s.host_header).chain(s.cluster_header.as_ref()) {
+                if !owned_headers.contains(h) {
+                    owned_headers.push(h.clone());
+                }
+            }
         }
-        self.engine = Some(Rc::new(engine));
+        self.policies = Some(Rc::new(Policies {
+            default,
+            routes,
+            owned_headers,
+        }));
         true
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let engine = self.engine.clone()?;
+        let policies = self.policies.clone()?;
         Some(Box::new(TetherStream {
             context_id,
-            engine,
+            policies,
+            engine: None,
             state: None,
         }))
     }
@@ -110,56 +185,103 @@ impl RootContext for TetherRoot {
 /// One per HTTP request.
 struct TetherStream {
     context_id: u32,
-    engine: Rc<Engine>,
+    policies: Rc<Policies>,
+    engine: Option<Rc<Engine>>,
     state: Option<RequestState>,
+}
+
+struct HostRequest;
+
+impl Request for HostRequest {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        request_header(name)
+    }
+
+    fn source_address(&mut self) -> Option<String> {
+        property_text(vec!["source", "address"])
+    }
+}
+
+struct HostResponse;
+
+impl Response for HostResponse {
+    fn upstream(&mut self) -> Option<String> {
+        property_text(vec!["upstream", "address"])
+    }
+
+    fn from_upstream(&mut self) -> bool {
+        property_text(vec!["response", "code_details"]).as_deref() == Some("via_upstream")
+    }
+
+    fn cluster(&mut self) -> Option<String> {
+        property_text(vec!["xds", "cluster_name"])
+    }
+
+    fn set_cookies(&mut self) -> Vec<Vec<u8>> {
+        hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, value)| value)
+            .collect()
+    }
+}
+
+fn set_request_header(name: &str, value: Option<&[u8]>) {
+    let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
 }
 
 impl Context for TetherStream {}
 
 impl HttpContext for TetherStream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let host_header = self.engine.settings.host_header.as_str();
-        // Whatever the client sent under our routing header must never choose the endpoint.
-        if let Ok(Some(_)) =
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, host_header)
-        {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, host_header);
-            debug!(
-                "tether[{}]: removed a client-sent {host_header} header",
-                self.context_id
-            );
+        // Whatever the client sent under our routing headers must never choose the endpoint
+        // or the cluster, on any route.
+        for name in &self.policies.owned_headers {
+            if request_header(name).is_some() {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                debug!(
+                    "tether[{}]: removed a client-sent {name} header",
+                    self.context_id
+                );
+            }
         }
-        let cookie = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "cookie")
-            .ok()
-            .flatten();
-        let state = self
-            .engine
-            .on_request(&SharedData, cookie.as_deref(), now_ms());
-        if let RequestState::Pinned(binding) = &state {
-            let _ = hostcalls::set_map_value_bytes(
-                MapType::HttpRequestHeaders,
-                host_header,
-                Some(binding.endpoint.as_bytes()),
-            );
+        let Some(engine) = self.policies.for_request() else {
+            debug!("tether[{}]: decision=disabled", self.context_id);
+            return Action::Continue;
+        };
+        let (state, edits) = engine.on_request(&SharedData, &mut HostRequest, now_ms());
+        let settings = &engine.settings;
+        if let Some(cookie) = &edits.cookie {
+            set_request_header("cookie", (!cookie.is_empty()).then_some(cookie.as_slice()));
+        }
+        if let Some(name) = &edits.remove_header {
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        }
+        if let Some(host) = &edits.host {
+            set_request_header(&settings.host_header, Some(host.as_bytes()));
+        }
+        if let (Some(header), Some(cluster)) = (&settings.cluster_header, &edits.cluster) {
+            set_request_header(header, Some(cluster.as_bytes()));
+        }
+        if edits.no_retries {
+            set_request_header("x-envoy-max-retries", Some(b"0"));
         }
         self.state = Some(state);
+        self.engine = Some(engine);
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        // Responses to requests this filter never saw (a local reply before routing) carry
-        // no state: nothing to do.
-        let Some(state) = self.state.take() else {
+        // Responses to requests this filter never decided on (a disabled route, a local reply
+        // before routing) carry no state: nothing to do.
+        let (Some(state), Some(engine)) = (self.state.take(), self.engine.as_ref()) else {
             return Action::Continue;
         };
-        let upstream = property_text(vec!["upstream", "address"]);
-        let mut from_upstream =
-            || property_text(vec!["response", "code_details"]).as_deref() == Some("via_upstream");
-        let action = self.engine.on_response(
+        let action = engine.on_response(
             &SharedData,
             &state,
-            upstream.as_deref(),
-            &mut from_upstream,
+            &mut HostResponse,
             now_ms(),
             &mut SystemEntropy,
         );
@@ -167,11 +289,33 @@ impl HttpContext for TetherStream {
             "tether[{}]: {} cas_retries={}",
             self.context_id, action.decision, action.cas_retries
         );
+        if let Some((status, retry_after)) = action.refuse {
+            let status = status.to_string();
+            let retry_after = retry_after.to_string();
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpResponseHeaders,
+                ":status",
+                Some(status.as_bytes()),
+            );
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpResponseHeaders,
+                "retry-after",
+                Some(retry_after.as_bytes()),
+            );
+            return Action::Continue;
+        }
         if let Some(set_cookie) = action.set_cookie {
             let _ = hostcalls::add_map_value_bytes(
                 MapType::HttpResponseHeaders,
                 "set-cookie",
                 set_cookie.as_bytes(),
+            );
+        }
+        if let Some((name, value)) = action.set_header {
+            let _ = hostcalls::set_map_value_bytes(
+                MapType::HttpResponseHeaders,
+                &name,
+                Some(value.as_bytes()),
             );
         }
         Action::Continue

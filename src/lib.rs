@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod cookies;
+pub mod seal;
 pub mod session;
 pub mod table;
 pub mod token;

@@ -1,80 +1,131 @@
 //! The decisions, free of any host: what a request's session is, and what its response must
 //! record and issue. The proxy-wasm adapter (`filter`) feeds these functions what it read from
-//! Envoy and carries out what they return.
+//! Envoy (through the `Request` and `Response` traits) and carries out what they return.
+//!
+//! Two families of session types:
+//! - `cookie` and `header`: tether issues a sealed token that carries the pin itself
+//!   (`seal`); nothing is stored, and every Envoy with the keys reads the same pin.
+//! - `learn` and `source_ip`: the session id is the client's or the application's (or the
+//!   client's address); tether keeps id → endpoint in the binding table (`table`).
 
-use crate::config::{LifetimeType, Settings};
+use crate::config::{LearnFrom, LifetimeType, OnUnavailable, SessionType, Settings, KEY_LEN};
 use crate::cookies;
-use crate::table::{Binding, BindingTable, Lifetimes, Lookup, Store, WriteError, DEFAULT_CAPACITY};
-use crate::token::{Entropy, SessionId};
+use crate::seal::{Pin, Sealer};
+use crate::table::{Binding, BindingTable, Lifetimes, Lookup, Store, WriteError};
+use crate::token::{Entropy, SessionId, ID_LEN};
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Longest learned id (header, query or application cookie value) tether binds.
+pub const MAX_LEARNED_LEN: usize = 512;
+
+/// What the engine needs to read from a request. Each call may cost a host call, so the
+/// engine asks only for what its session type uses.
+pub trait Request {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// The downstream peer, `IP:port`.
+    fn source_address(&mut self) -> Option<String>;
+}
+
+/// What the engine needs to read about a response.
+pub trait Response {
+    /// The endpoint Envoy says handled the request, `IP:port`.
+    fn upstream(&mut self) -> Option<String>;
+    /// Whether the response came from that endpoint (not a local reply).
+    fn from_upstream(&mut self) -> bool;
+    /// The cluster that handled the request.
+    fn cluster(&mut self) -> Option<String>;
+    /// Every `Set-Cookie` header of the response.
+    fn set_cookies(&mut self) -> Vec<Vec<u8>>;
+}
 
 pub struct Engine {
     pub settings: Settings,
     pub table: BindingTable,
+    sealer: Sealer,
+    /// Secret mixed into the hash of learned ids, so clients cannot aim at a bucket.
+    salt: [u8; 16],
 }
 
 /// What the request phase found; carried to the response phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestState {
+pub struct RequestState {
+    pub found: Found,
+    /// For `learn` and `source_ip`: the table id of the request's session key, if it had one.
+    pub key: Option<SessionId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
     /// No usable session: the load balancer chooses, the response binds.
     New(Miss),
-    /// The session is bound to `binding.endpoint`; the host header was set to it.
-    Pinned(Binding),
+    /// The session is pinned; the host header was set to `pin.endpoint`.
+    Pinned(Pin),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {
-    /// No cookie of ours.
+    /// The request carried no session (no token, no learned id, no address).
     NoToken,
-    /// A token we do not know: never issued, forgotten, or evicted.
+    /// A token or id tether does not know: never issued, sealed by another key, forgotten
+    /// or evicted.
     Unknown,
-    /// A token whose session outlived its idle or absolute lifetime.
+    /// A session that outlived its idle or absolute lifetime.
     Expired,
+}
+
+/// Changes the adapter makes to the request before it goes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestEdits {
+    /// Set the host header to this endpoint.
+    pub host: Option<String>,
+    /// Set the cluster header to this cluster.
+    pub cluster: Option<String>,
+    /// Replace the Cookie header (tether's own cookie removed); empty: remove the header.
+    pub cookie: Option<Vec<u8>>,
+    /// Remove the request header that carried the token.
+    pub remove_header: Option<String>,
+    /// Strict sessions must not be retried onto another endpoint.
+    pub no_retries: bool,
 }
 
 /// What the response phase did, for the log line and the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseAction {
     pub decision: Decision,
-    /// A Set-Cookie header value to add to the response.
+    /// A Set-Cookie header value to add.
     pub set_cookie: Option<String>,
+    /// A response header (name, value) to set: the token, for `type: header`.
+    pub set_header: Option<(String, String)>,
+    /// Strict refusal: answer with this status and `Retry-After` seconds instead.
+    pub refuse: Option<(u16, u64)>,
     pub cas_retries: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A new session was bound to the endpoint that served it.
-    Issued {
-        id: SessionId,
-        endpoint: String,
-        miss: Miss,
-    },
+    Issued { endpoint: String, miss: Miss },
     /// The pinned endpoint served the request.
-    Hit {
-        id: SessionId,
-        endpoint: String,
-        touched: bool,
-    },
-    /// The pinned endpoint did not serve (it died; a retry went elsewhere): the session moved.
-    Rebound {
-        old: SessionId,
-        id: SessionId,
-        from: String,
-        to: String,
-    },
-    /// No upstream answered (a local reply): nothing to record.
+    Hit { endpoint: String, refreshed: bool },
+    /// The pinned endpoint did not serve (it died or left): the session moved.
+    Rebound { from: String, to: String },
+    /// The pinned endpoint did not serve and the policy is strict: refused.
+    Refused { endpoint: String },
+    /// No upstream answered (a local reply), or nothing identifies the session: nothing
+    /// recorded.
     Unserved,
     /// The binding could not be written (shared data refused, or CAS lost every time).
     WriteFailed(WriteError),
-    /// The host gave no randomness: no session id could be made.
+    /// The host gave no randomness: no token could be sealed.
     NoEntropy,
 }
 
 impl fmt::Display for Miss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Miss::NoToken => "no_token",
-            Miss::Unknown => "unknown_token",
+            Miss::NoToken => "no_session",
+            Miss::Unknown => "unknown_session",
             Miss::Expired => "expired",
         })
     }
@@ -83,27 +134,16 @@ impl fmt::Display for Miss {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Decision::Issued { id, endpoint, miss } => {
-                write!(
-                    f,
-                    "decision=new session={id:?} endpoint={endpoint} reason={miss}"
-                )
+            Decision::Issued { endpoint, miss } => {
+                write!(f, "decision=new endpoint={endpoint} reason={miss}")
             }
             Decision::Hit {
-                id,
                 endpoint,
-                touched,
-            } => {
-                write!(
-                    f,
-                    "decision=hit session={id:?} endpoint={endpoint} touched={touched}"
-                )
-            }
-            Decision::Rebound { old, id, from, to } => {
-                write!(
-                    f,
-                    "decision=rebind session={old:?} new_session={id:?} from={from} to={to}"
-                )
+                refreshed,
+            } => write!(f, "decision=hit endpoint={endpoint} refreshed={refreshed}"),
+            Decision::Rebound { from, to } => write!(f, "decision=rebind from={from} to={to}"),
+            Decision::Refused { endpoint } => {
+                write!(f, "decision=strict_refusal endpoint={endpoint}")
             }
             Decision::Unserved => write!(f, "decision=unserved"),
             Decision::WriteFailed(e) => write!(f, "decision=write_failed error={e:?}"),
@@ -113,398 +153,472 @@ impl fmt::Display for Decision {
 }
 
 impl Engine {
-    pub fn new(settings: Settings) -> Self {
+    /// `process_key` seals and opens tokens when the configuration lists no keys.
+    pub fn new(settings: Settings, process_key: [u8; KEY_LEN]) -> Self {
         let lifetimes = Lifetimes {
             absolute_ms: settings.absolute_timeout_ms,
             idle_ms: settings.idle_timeout_ms,
         };
-        let table = BindingTable::new(&settings.session_name, DEFAULT_CAPACITY, lifetimes);
-        Engine { settings, table }
+        let table = BindingTable::new(&settings.session_name, settings.max_sessions, lifetimes);
+        let keys = if settings.keys.is_empty() {
+            vec![process_key]
+        } else {
+            settings.keys.clone()
+        };
+        let sealer = Sealer::new(&keys, &settings.session_name);
+        let mut salt = [0u8; 16];
+        for (s, k) in salt
+            .iter_mut()
+            .zip(keys.first().unwrap_or(&process_key).iter().rev())
+        {
+            *s = *k;
+        }
+        Engine {
+            settings,
+            table,
+            sealer,
+            salt,
+        }
     }
 
-    /// Request phase: the session carried by the `Cookie` header, if any is live.
+    fn uses_table(&self) -> bool {
+        matches!(
+            self.settings.session_type,
+            SessionType::Learn | SessionType::SourceIp
+        )
+    }
+
+    /// Whether the adapter must create the binding table's buckets.
+    pub fn needs_table(&self) -> bool {
+        self.uses_table()
+    }
+
+    fn lifetimes(&self) -> Lifetimes {
+        self.table.lifetimes()
+    }
+
+    /// Request phase: find the session and say how to edit the request.
     pub fn on_request(
         &self,
         store: &dyn Store,
-        cookie_header: Option<&[u8]>,
+        req: &mut dyn Request,
         now_ms: u64,
-    ) -> RequestState {
-        let Some(header) = cookie_header else {
-            return RequestState::New(Miss::NoToken);
+    ) -> (RequestState, RequestEdits) {
+        let mut edits = RequestEdits::default();
+        let (found, key) = match self.settings.session_type {
+            SessionType::Cookie => (self.token_from_cookie(req, now_ms, &mut edits), None),
+            SessionType::Header => (self.token_from_header(req, now_ms, &mut edits), None),
+            SessionType::Learn | SessionType::SourceIp => self.keyed(store, req, now_ms),
         };
-        let ids = cookies::session_ids(header, &self.settings.session_name);
-        if ids.is_empty() {
-            return RequestState::New(Miss::NoToken);
-        }
-        let mut miss = Miss::Unknown;
-        for id in &ids {
-            match self.table.lookup(store, id, now_ms) {
-                Lookup::Live(b) => return RequestState::Pinned(b),
-                Lookup::Expired(_) => miss = Miss::Expired,
-                Lookup::Unknown => {}
+        if let Found::Pinned(pin) = &found {
+            edits.host = Some(pin.endpoint.clone());
+            if self.settings.cluster_header.is_some() {
+                edits.cluster = pin.cluster.clone();
             }
+            edits.no_retries = self.settings.on_unavailable == OnUnavailable::Strict;
         }
-        RequestState::New(miss)
+        (RequestState { found, key }, edits)
     }
 
-    /// Response phase. `upstream` is the endpoint Envoy says handled the request;
-    /// `from_upstream` tells whether the response really came from it (not a local reply),
-    /// asked only when it matters because it costs a host call.
+    fn token_from_cookie(
+        &self,
+        req: &mut dyn Request,
+        now_ms: u64,
+        edits: &mut RequestEdits,
+    ) -> Found {
+        let Some(header) = req.header("cookie") else {
+            return Found::New(Miss::NoToken);
+        };
+        let tokens = cookies::values(&header, &self.settings.session_name);
+        if tokens.is_empty() {
+            return Found::New(Miss::NoToken);
+        }
+        // The backend has no use for tether's cookie; it leaves with it.
+        edits.cookie = cookies::without(&header, &self.settings.session_name);
+        self.open_first(tokens.iter().map(String::as_bytes), now_ms)
+    }
+
+    fn token_from_header(
+        &self,
+        req: &mut dyn Request,
+        now_ms: u64,
+        edits: &mut RequestEdits,
+    ) -> Found {
+        let name = self.settings.session_name.to_ascii_lowercase();
+        let Some(value) = req.header(&name) else {
+            return Found::New(Miss::NoToken);
+        };
+        edits.remove_header = Some(name);
+        self.open_first(std::iter::once(value.trim_ascii()), now_ms)
+    }
+
+    fn open_first<'a>(&self, tokens: impl Iterator<Item = &'a [u8]>, now_ms: u64) -> Found {
+        let mut miss = Miss::Unknown;
+        for token in tokens.take(cookies::MAX_CANDIDATES) {
+            if let Some(pin) = self.sealer.open(token) {
+                if self
+                    .lifetimes()
+                    .is_expired_at(pin.created_ms, pin.last_seen_ms, now_ms)
+                {
+                    miss = Miss::Expired;
+                } else {
+                    return Found::Pinned(pin);
+                }
+            }
+        }
+        Found::New(miss)
+    }
+
+    fn keyed(
+        &self,
+        store: &dyn Store,
+        req: &mut dyn Request,
+        now_ms: u64,
+    ) -> (Found, Option<SessionId>) {
+        let Some(key) = self.request_key(req) else {
+            return (Found::New(Miss::NoToken), None);
+        };
+        let found = match self.table.lookup(store, &key, now_ms) {
+            Lookup::Live(b) => Found::Pinned(pin_of(&b)),
+            Lookup::Expired(_) => Found::New(Miss::Expired),
+            Lookup::Unknown => Found::New(Miss::Unknown),
+        };
+        (found, Some(key))
+    }
+
+    /// The table id of the request's session key (`learn`, `source_ip`).
+    fn request_key(&self, req: &mut dyn Request) -> Option<SessionId> {
+        let name = &self.settings.session_name;
+        let value: Vec<u8> = match (self.settings.session_type, self.settings.learn_from) {
+            (SessionType::SourceIp, _) => client_ip(req, self.settings.trusted_hops)?
+                .to_string()
+                .into_bytes(),
+            (_, LearnFrom::Cookie) => cookies::values(&req.header("cookie")?, name)
+                .into_iter()
+                .next()?
+                .into_bytes(),
+            (_, LearnFrom::Header) => req
+                .header(&name.to_ascii_lowercase())?
+                .trim_ascii()
+                .to_vec(),
+            (_, LearnFrom::Query) => query_value(&req.header(":path")?, name)?.to_vec(),
+        };
+        self.learned_id(&value)
+    }
+
+    fn learned_id(&self, value: &[u8]) -> Option<SessionId> {
+        if value.is_empty() || value.len() > MAX_LEARNED_LEN {
+            return None;
+        }
+        use std::hash::Hasher;
+        let mut id = [0u8; ID_LEN];
+        for (half, chunk) in id.chunks_mut(8).enumerate() {
+            let mut h = fnv::FnvHasher::default();
+            h.write(&self.salt);
+            h.write_u8(half as u8);
+            h.write(value);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        Some(SessionId(id))
+    }
+
+    /// Response phase.
     pub fn on_response(
         &self,
         store: &dyn Store,
         state: &RequestState,
-        upstream: Option<&str>,
-        from_upstream: &mut dyn FnMut() -> bool,
+        resp: &mut dyn Response,
         now_ms: u64,
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
-        let nothing = |decision| ResponseAction {
-            decision,
-            set_cookie: None,
-            cas_retries: 0,
+        let upstream = resp.upstream();
+        let strict = self.settings.on_unavailable == OnUnavailable::Strict;
+        if let Found::Pinned(pin) = &state.found {
+            // In strict mode a failed attempt at the pinned endpoint names it too: only a
+            // response that really came from it counts (a host call asked only then).
+            let served_by_pin = upstream.as_deref() == Some(pin.endpoint.as_str())
+                && (!strict || resp.from_upstream());
+            if served_by_pin {
+                return self.hit(store, state, pin, resp, now_ms, entropy);
+            }
+            if strict {
+                return ResponseAction {
+                    refuse: Some((
+                        self.settings.unavailable_status,
+                        self.settings.retry_after_s,
+                    )),
+                    ..action(Decision::Refused {
+                        endpoint: pin.endpoint.clone(),
+                    })
+                };
+            }
+        }
+        let served = upstream.filter(|_| resp.from_upstream());
+        let Some(served) = served else {
+            return action(Decision::Unserved);
         };
-        match (state, upstream) {
-            (RequestState::Pinned(b), Some(served)) if served == b.endpoint => {
-                let due = self
-                    .table
-                    .lifetimes()
-                    .touch_interval_ms()
-                    .is_some_and(|every| now_ms.saturating_sub(b.last_seen_ms) >= every);
-                let mut cas_retries = 0;
-                if due {
-                    // A lost touch only shortens the session by one interval: no retry storm.
-                    if let Ok(r) = self.table.touch(store, &b.id, &b.endpoint, now_ms) {
-                        cas_retries = r.cas_retries;
-                    }
-                }
-                let decision = Decision::Hit {
-                    id: b.id,
-                    endpoint: b.endpoint.clone(),
-                    touched: due,
-                };
-                ResponseAction {
-                    decision,
-                    set_cookie: None,
-                    cas_retries,
-                }
-            }
-            (_, None) => nothing(Decision::Unserved),
-            (_, Some(_)) if !from_upstream() => nothing(Decision::Unserved),
-            (RequestState::New(miss), Some(served)) => {
-                let Some(id) = SessionId::generate(entropy) else {
-                    return nothing(Decision::NoEntropy);
-                };
-                let binding = Binding {
-                    id,
-                    endpoint: served.to_string(),
-                    created_ms: now_ms,
-                    last_seen_ms: now_ms,
-                };
-                let decision = Decision::Issued {
-                    id,
-                    endpoint: binding.endpoint.clone(),
-                    miss: *miss,
-                };
-                self.bind(store, &binding, now_ms, decision)
-            }
-            (RequestState::Pinned(old), Some(served)) => {
-                let Some(id) = SessionId::generate(entropy) else {
-                    return nothing(Decision::NoEntropy);
-                };
-                // The session keeps its age (the absolute timeout still counts from its start).
-                let binding = Binding {
-                    id,
-                    endpoint: served.to_string(),
-                    created_ms: old.created_ms,
-                    last_seen_ms: now_ms,
-                };
-                // Requests still carrying the old cookie (in flight, or from another tab) follow
-                // the session to its new endpoint rather than being load-balanced afresh.
-                let moved = Binding {
-                    endpoint: binding.endpoint.clone(),
-                    last_seen_ms: now_ms,
-                    ..old.clone()
-                };
-                let old_retries = self
-                    .table
-                    .put(store, &moved, now_ms)
-                    .map(|r| r.cas_retries)
-                    .unwrap_or(0);
-                let decision = Decision::Rebound {
-                    old: old.id,
-                    id,
+        let cluster = if self.settings.cluster_header.is_some() {
+            resp.cluster()
+        } else {
+            None
+        };
+        let (created_ms, decision) = match &state.found {
+            Found::Pinned(old) => (
+                old.created_ms,
+                Decision::Rebound {
                     from: old.endpoint.clone(),
-                    to: binding.endpoint.clone(),
-                };
-                let mut action = self.bind(store, &binding, now_ms, decision);
-                action.cas_retries += old_retries;
-                action
-            }
+                    to: served.clone(),
+                },
+            ),
+            Found::New(miss) => (
+                now_ms,
+                Decision::Issued {
+                    endpoint: served.clone(),
+                    miss: *miss,
+                },
+            ),
+        };
+        let pin = Pin {
+            endpoint: served,
+            cluster,
+            created_ms,
+            last_seen_ms: now_ms,
+        };
+        if self.uses_table() {
+            self.bind_keyed(store, state, &pin, resp, now_ms, decision)
+        } else {
+            self.issue_token(&pin, now_ms, decision, entropy)
         }
     }
 
-    fn bind(
+    fn hit(
         &self,
         store: &dyn Store,
-        binding: &Binding,
+        state: &RequestState,
+        pin: &Pin,
+        resp: &mut dyn Response,
+        now_ms: u64,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction {
+        // The application may have started a new session of its own on the same endpoint.
+        if self.settings.session_type == SessionType::Learn
+            && self.settings.learn_from == LearnFrom::Cookie
+        {
+            if let Some(learned) = self.learned_from_response(resp) {
+                if Some(learned) != state.key {
+                    let fresh = Pin {
+                        created_ms: now_ms,
+                        last_seen_ms: now_ms,
+                        ..pin.clone()
+                    };
+                    let decision = Decision::Issued {
+                        endpoint: pin.endpoint.clone(),
+                        miss: Miss::NoToken,
+                    };
+                    return self.write_binding(store, learned, &fresh, now_ms, decision);
+                }
+            }
+        }
+        let due = self
+            .lifetimes()
+            .touch_interval_ms()
+            .is_some_and(|every| now_ms.saturating_sub(pin.last_seen_ms) >= every);
+        let decision = Decision::Hit {
+            endpoint: pin.endpoint.clone(),
+            refreshed: due,
+        };
+        if !due {
+            return action(decision);
+        }
+        let refreshed = Pin {
+            last_seen_ms: now_ms,
+            ..pin.clone()
+        };
+        match state.key {
+            Some(key) => {
+                // A lost touch only shortens the session by one interval: no retry storm.
+                let cas_retries = self
+                    .table
+                    .touch(store, &key, &pin.endpoint, now_ms)
+                    .map_or(0, |r| r.cas_retries);
+                ResponseAction {
+                    cas_retries,
+                    ..action(decision)
+                }
+            }
+            None => self.issue_token(&refreshed, now_ms, decision, entropy),
+        }
+    }
+
+    fn learned_from_response(&self, resp: &mut dyn Response) -> Option<SessionId> {
+        let name = &self.settings.session_name;
+        let value = resp
+            .set_cookies()
+            .iter()
+            .find_map(|h| cookies::set_cookie_value(h, name))?;
+        self.learned_id(value.as_bytes())
+    }
+
+    fn bind_keyed(
+        &self,
+        store: &dyn Store,
+        state: &RequestState,
+        pin: &Pin,
+        resp: &mut dyn Response,
         now_ms: u64,
         decision: Decision,
     ) -> ResponseAction {
-        match self.table.put(store, binding, now_ms) {
+        let learned = if self.settings.session_type == SessionType::Learn
+            && self.settings.learn_from == LearnFrom::Cookie
+        {
+            self.learned_from_response(resp)
+        } else {
+            None
+        };
+        let mut total = ResponseAction {
+            cas_retries: 0,
+            ..action(decision)
+        };
+        // The id the application just issued goes where the application issued it; the id
+        // the request carried (if any) follows the session too.
+        for key in [learned, state.key].into_iter().flatten() {
+            let a = self.write_binding(store, key, pin, now_ms, total.decision.clone());
+            total.cas_retries += a.cas_retries;
+            if let Decision::WriteFailed(_) = a.decision {
+                total.decision = a.decision;
+            }
+        }
+        if learned.is_none() && state.key.is_none() {
+            total.decision = Decision::Unserved;
+        }
+        total
+    }
+
+    fn write_binding(
+        &self,
+        store: &dyn Store,
+        key: SessionId,
+        pin: &Pin,
+        now_ms: u64,
+        decision: Decision,
+    ) -> ResponseAction {
+        let binding = Binding {
+            id: key,
+            endpoint: pin.endpoint.clone(),
+            cluster: pin.cluster.clone(),
+            created_ms: pin.created_ms,
+            last_seen_ms: pin.last_seen_ms,
+        };
+        match self.table.put(store, &binding, now_ms) {
             Ok(report) => ResponseAction {
-                decision,
-                set_cookie: Some(self.set_cookie(binding, now_ms)),
                 cas_retries: report.cas_retries,
+                ..action(decision)
             },
-            Err(e) => ResponseAction {
-                decision: Decision::WriteFailed(e),
-                set_cookie: None,
-                cas_retries: 0,
-            },
+            Err(e) => action(Decision::WriteFailed(e)),
         }
     }
 
-    fn set_cookie(&self, binding: &Binding, now_ms: u64) -> String {
-        let max_age_s = match (
-            self.settings.cookie.lifetime_type,
-            self.settings.absolute_timeout_ms,
-        ) {
-            (LifetimeType::Permanent, Some(limit)) => {
-                let left_ms = (binding.created_ms + limit).saturating_sub(now_ms);
-                Some(left_ms.div_ceil(1000))
-            }
-            _ => None,
+    fn issue_token(
+        &self,
+        pin: &Pin,
+        now_ms: u64,
+        decision: Decision,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction {
+        let Some(token) = self.sealer.seal(pin, entropy) else {
+            return action(Decision::NoEntropy);
         };
-        cookies::set_cookie(
-            &self.settings.session_name,
-            &binding.id,
-            &self.settings.cookie,
-            max_age_s,
-        )
+        let name = &self.settings.session_name;
+        match self.settings.session_type {
+            SessionType::Header => ResponseAction {
+                set_header: Some((name.to_ascii_lowercase(), token)),
+                ..action(decision)
+            },
+            _ => {
+                let max_age_s = match (
+                    self.settings.cookie.lifetime_type,
+                    self.settings.absolute_timeout_ms,
+                ) {
+                    (LifetimeType::Permanent, Some(limit)) => Some(
+                        (pin.created_ms + limit)
+                            .saturating_sub(now_ms)
+                            .div_ceil(1000),
+                    ),
+                    _ => None,
+                };
+                ResponseAction {
+                    set_cookie: Some(cookies::set_cookie(
+                        name,
+                        &token,
+                        &self.settings.cookie,
+                        max_age_s,
+                    )),
+                    ..action(decision)
+                }
+            }
+        }
     }
+}
+
+fn action(decision: Decision) -> ResponseAction {
+    ResponseAction {
+        decision,
+        set_cookie: None,
+        set_header: None,
+        refuse: None,
+        cas_retries: 0,
+    }
+}
+
+fn pin_of(b: &Binding) -> Pin {
+    Pin {
+        endpoint: b.endpoint.clone(),
+        cluster: b.cluster.clone(),
+        created_ms: b.created_ms,
+        last_seen_ms: b.last_seen_ms,
+    }
+}
+
+/// The client's address: the peer's, or with `trusted_hops` N the Nth `X-Forwarded-For`
+/// entry from the right (the one the outermost trusted proxy saw). Falls back to the peer when
+/// the header has fewer entries or a malformed one.
+pub fn client_ip(req: &mut dyn Request, trusted_hops: usize) -> Option<IpAddr> {
+    if trusted_hops > 0 {
+        if let Some(xff) = req.header("x-forwarded-for") {
+            let from_xff = xff
+                .rsplit(|&b| b == b',')
+                .nth(trusted_hops - 1)
+                .and_then(|entry| parse_ip(entry.trim_ascii()));
+            if from_xff.is_some() {
+                return from_xff;
+            }
+        }
+    }
+    parse_ip(req.source_address()?.as_bytes())
+}
+
+fn parse_ip(text: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(text).ok()?;
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| match ip {
+            // One client, one key, whichever way its IPv4 address is written.
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        })
+}
+
+/// The raw value of query parameter `name` in a request path.
+fn query_value<'a>(path: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let start = path.iter().position(|&b| b == b'?')? + 1;
+    let query = path.get(start..)?;
+    let query = query.split(|&b| b == b'#').next()?;
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let mut it = pair.splitn(2, |&b| b == b'=');
+        (it.next()? == name.as_bytes()).then(|| it.next().unwrap_or(b""))
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::table::fake::FakeStore;
-    use crate::token::SystemEntropy;
-
-    const A: &str = "127.0.0.1:8081";
-    const B: &str = "127.0.0.1:8082";
-
-    fn engine(json: &str) -> Engine {
-        Engine::new(Settings::parse(json.as_bytes()).unwrap())
-    }
-
-    fn yes() -> impl FnMut() -> bool {
-        || true
-    }
-
-    /// Runs a request/response pair; returns the state and the cookie pair `name=value` issued.
-    fn exchange(
-        e: &Engine,
-        store: &FakeStore,
-        cookie: Option<&str>,
-        served: &str,
-        now: u64,
-    ) -> (RequestState, ResponseAction) {
-        let state = e.on_request(store, cookie.map(str::as_bytes), now);
-        let action = e.on_response(
-            store,
-            &state,
-            Some(served),
-            &mut yes(),
-            now,
-            &mut SystemEntropy,
-        );
-        (state, action)
-    }
-
-    fn cookie_pair(action: &ResponseAction) -> String {
-        action
-            .set_cookie
-            .as_ref()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string()
-    }
-
-    #[test]
-    fn new_session_then_pinned() {
-        let e = engine("{}");
-        let store = FakeStore::default();
-        let (state, action) = exchange(&e, &store, None, A, 1_000);
-        assert_eq!(state, RequestState::New(Miss::NoToken));
-        assert!(matches!(action.decision, Decision::Issued { ref endpoint, .. } if endpoint == A));
-        let pair = cookie_pair(&action);
-        assert!(pair.starts_with("tether="));
-        assert!(!pair.contains("8081") && !pair.contains("127.0.0.1"));
-
-        let (state, action) = exchange(&e, &store, Some(&pair), A, 2_000);
-        assert!(matches!(state, RequestState::Pinned(ref b) if b.endpoint == A));
-        assert!(matches!(action.decision, Decision::Hit { .. }));
-        assert_eq!(action.set_cookie, None, "no Set-Cookie on a hit");
-    }
-
-    #[test]
-    fn unknown_token_is_not_adopted() {
-        let e = engine("{}");
-        let store = FakeStore::default();
-        let forged = format!("tether={}", SessionId([42; 16]).encode());
-        let (state, action) = exchange(&e, &store, Some(&forged), A, 0);
-        assert_eq!(state, RequestState::New(Miss::Unknown));
-        assert_ne!(
-            cookie_pair(&action),
-            forged,
-            "a client-chosen id is never bound"
-        );
-        // Garbage is no token at all.
-        let (state, _) = exchange(&e, &store, Some("tether=../../etc"), A, 0);
-        assert_eq!(state, RequestState::New(Miss::NoToken));
-    }
-
-    #[test]
-    fn idle_and_absolute_expiry() {
-        let e = engine(r#"{"idle_timeout": "2s", "absolute_timeout": "5s"}"#);
-        let store = FakeStore::default();
-        let (_, action) = exchange(&e, &store, None, A, 0);
-        let pair = cookie_pair(&action);
-        // Used every 500 ms: stays alive past the idle timeout...
-        for now in (500..4_900).step_by(500) {
-            let (state, action) = exchange(&e, &store, Some(&pair), A, now);
-            assert!(matches!(state, RequestState::Pinned(_)), "at {now} ms");
-            assert_eq!(action.set_cookie, None);
-        }
-        // ...until the absolute timeout.
-        let (state, action) = exchange(&e, &store, Some(&pair), A, 5_000);
-        assert_eq!(state, RequestState::New(Miss::Expired));
-        let fresh = cookie_pair(&action);
-        assert_ne!(fresh, pair);
-        // Silence longer than the idle timeout.
-        let (state, _) = exchange(&e, &store, Some(&fresh), A, 5_000 + 2_100);
-        assert_eq!(state, RequestState::New(Miss::Expired));
-    }
-
-    #[test]
-    fn touches_are_rate_limited() {
-        let e = engine(r#"{"idle_timeout": "40s"}"#);
-        let store = FakeStore::default();
-        let (_, action) = exchange(&e, &store, None, A, 0);
-        let pair = cookie_pair(&action);
-        let writes = store.sets.get();
-        for now in 1..100 {
-            exchange(&e, &store, Some(&pair), A, now * 10);
-        }
-        assert_eq!(
-            store.sets.get(),
-            writes,
-            "hits within the touch interval write nothing"
-        );
-        let (_, action) = exchange(&e, &store, Some(&pair), A, 10_000);
-        assert!(matches!(
-            action.decision,
-            Decision::Hit { touched: true, .. }
-        ));
-        assert_eq!(store.sets.get(), writes + 1);
-    }
-
-    #[test]
-    fn rebind_when_another_endpoint_served() {
-        let e = engine(r#"{"absolute_timeout": "1h", "cookie": {"lifetime_type": "permanent"}}"#);
-        let store = FakeStore::default();
-        let (_, action) = exchange(&e, &store, None, A, 0);
-        let old = cookie_pair(&action);
-        // A died; the retry reached B.
-        let (_, action) = exchange(&e, &store, Some(&old), B, 600_000);
-        assert!(
-            matches!(action.decision, Decision::Rebound { ref from, ref to, .. } if from == A && to == B)
-        );
-        let set_cookie = action.set_cookie.clone().unwrap();
-        assert!(
-            set_cookie.contains("Max-Age=3000"),
-            "what is left of the absolute timeout: {set_cookie}"
-        );
-        let new = cookie_pair(&action);
-        assert_ne!(new, old);
-        for cookie in [&new, &old] {
-            let (state, action) = exchange(&e, &store, Some(cookie), B, 600_001);
-            assert!(matches!(state, RequestState::Pinned(ref b) if b.endpoint == B));
-            assert_eq!(action.set_cookie, None);
-        }
-    }
-
-    #[test]
-    fn local_replies_record_nothing() {
-        let e = engine("{}");
-        let store = FakeStore::default();
-        let state = e.on_request(&store, None, 0);
-        let writes = store.sets.get();
-        let a = e.on_response(&store, &state, None, &mut yes(), 0, &mut SystemEntropy);
-        assert_eq!(a.decision, Decision::Unserved);
-        let a = e.on_response(
-            &store,
-            &state,
-            Some(A),
-            &mut || false,
-            0,
-            &mut SystemEntropy,
-        );
-        assert_eq!(a.decision, Decision::Unserved);
-        assert_eq!(a.set_cookie, None);
-        assert_eq!(store.sets.get(), writes);
-    }
-
-    #[test]
-    fn the_first_live_candidate_wins() {
-        let e = engine("{}");
-        let store = FakeStore::default();
-        let (_, action) = exchange(&e, &store, None, A, 0);
-        let pair = cookie_pair(&action);
-        let bogus = SessionId([9; 16]).encode();
-        for header in [
-            format!("tether={bogus}; {pair}"),
-            format!("{pair}; tether={bogus}"),
-            format!("tether=x; {pair}; tether=\u{ff}"),
-        ] {
-            let state = e.on_request(&store, Some(header.as_bytes()), 1);
-            assert!(
-                matches!(state, RequestState::Pinned(ref b) if b.endpoint == A),
-                "{header}"
-            );
-        }
-    }
-
-    #[test]
-    fn write_failure_issues_no_cookie() {
-        let e = engine("{}");
-        let store = FakeStore::default();
-        e.table.prepare(&store).unwrap();
-        store.force_mismatches.set(usize::MAX);
-        let (_, action) = exchange(&e, &store, None, A, 0);
-        assert_eq!(
-            action.decision,
-            Decision::WriteFailed(WriteError::Contended)
-        );
-        assert_eq!(action.set_cookie, None);
-    }
-
-    #[test]
-    fn no_entropy_no_session() {
-        struct Broken;
-        impl Entropy for Broken {
-            fn fill(&mut self, _: &mut [u8]) -> bool {
-                false
-            }
-        }
-        let e = engine("{}");
-        let store = FakeStore::default();
-        let state = e.on_request(&store, None, 0);
-        let a = e.on_response(&store, &state, Some(A), &mut yes(), 0, &mut Broken);
-        assert_eq!(a.decision, Decision::NoEntropy);
-        assert_eq!(a.set_cookie, None);
-    }
-}
+mod tests;

@@ -11,14 +11,12 @@
 
 /// Bindings per bucket. Small enough that a lookup copies a few hundred bytes at most.
 pub const SLOTS_PER_BUCKET: usize = 8;
-/// Default number of live bindings the table holds.
-pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many times a writer re-reads a bucket after losing a CAS race before it gives up.
 pub const MAX_CAS_RETRIES: usize = 8;
 /// Longest endpoint text kept (an IPv6 address with port is at most 47 bytes).
 pub const MAX_ENDPOINT_LEN: usize = 64;
 
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 
 use crate::token::{SessionId, ID_LEN};
 
@@ -45,6 +43,8 @@ pub enum StoreError {
 pub struct Binding {
     pub id: SessionId,
     pub endpoint: String,
+    /// The cluster the session was first routed to (with `upstream.cluster_header`).
+    pub cluster: Option<String>,
     pub created_ms: u64,
     pub last_seen_ms: u64,
 }
@@ -58,10 +58,14 @@ pub struct Lifetimes {
 
 impl Lifetimes {
     pub fn is_expired(&self, b: &Binding, now_ms: u64) -> bool {
+        self.is_expired_at(b.created_ms, b.last_seen_ms, now_ms)
+    }
+
+    pub fn is_expired_at(&self, created_ms: u64, last_seen_ms: u64, now_ms: u64) -> bool {
         let past = |since: u64, limit: Option<u64>| {
             limit.is_some_and(|limit| now_ms.saturating_sub(since) >= limit)
         };
-        past(b.created_ms, self.absolute_ms) || past(b.last_seen_ms, self.idle_ms)
+        past(created_ms, self.absolute_ms) || past(last_seen_ms, self.idle_ms)
     }
 
     /// How often a binding's last-seen time is written back. Writing on every request would
@@ -244,7 +248,7 @@ pub enum Lookup {
 }
 
 /// Bucket layout: version, count, then per binding: id (16), created (8, LE), last seen
-/// (8, LE), endpoint length (1), endpoint bytes.
+/// (8, LE), endpoint length (1), endpoint bytes, cluster length (1), cluster bytes.
 fn encode_bucket(entries: &[Binding]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + entries.len() * (ID_LEN + 17 + 24));
     out.push(FORMAT_VERSION);
@@ -257,6 +261,10 @@ fn encode_bucket(entries: &[Binding]) -> Vec<u8> {
         out.extend_from_slice(&b.last_seen_ms.to_le_bytes());
         out.push(endpoint.len() as u8);
         out.extend_from_slice(endpoint);
+        let cluster = b.cluster.as_deref().unwrap_or("").as_bytes();
+        let cluster = cluster.get(..usize::from(u8::MAX)).unwrap_or(cluster);
+        out.push(cluster.len() as u8);
+        out.extend_from_slice(cluster);
     }
     out
 }
@@ -284,9 +292,13 @@ fn decode_binding(r: &mut Reader<'_>) -> Option<Binding> {
     let last_seen_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let len = usize::from(r.byte()?);
     let endpoint = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+    let len = usize::from(r.byte()?);
+    let cluster = std::str::from_utf8(r.take(len)?).ok()?;
+    let cluster = (!cluster.is_empty()).then(|| cluster.to_string());
     Some(Binding {
         id,
         endpoint,
+        cluster,
         created_ms,
         last_seen_ms,
     })
@@ -369,6 +381,7 @@ mod tests {
         Binding {
             id: id(n),
             endpoint: endpoint.into(),
+            cluster: None,
             created_ms: t,
             last_seen_ms: t,
         }
@@ -394,10 +407,11 @@ mod tests {
 
     #[test]
     fn bucket_codec_round_trip_and_damage() {
-        let entries = vec![
-            binding(1, "127.0.0.1:8081", 5),
-            binding(2, "[::1]:80", u64::MAX),
-        ];
+        let with_cluster = Binding {
+            cluster: Some("app-v2".into()),
+            ..binding(2, "[::1]:80", u64::MAX)
+        };
+        let entries = vec![binding(1, "127.0.0.1:8081", 5), with_cluster];
         let bytes = encode_bucket(&entries);
         assert_eq!(decode_bucket(&bytes), entries);
         for cut in 0..bytes.len() {
@@ -489,6 +503,7 @@ mod tests {
             let b = Binding {
                 id: ids[i],
                 endpoint: format!("e{i}"),
+                cluster: None,
                 created_ms: t_ms,
                 last_seen_ms: t_ms,
             };
@@ -527,6 +542,7 @@ mod tests {
             let b = Binding {
                 id,
                 endpoint: "127.0.0.1:1".into(),
+                cluster: Some("app".into()),
                 created_ms: n,
                 last_seen_ms: n,
             };

@@ -49,6 +49,64 @@ fn sextet(c: u8) -> Option<u32> {
     }
 }
 
+/// Unpadded base64url of `bytes`.
+pub fn base64url_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..=chunk.len() {
+            let index = (n >> (18 - 6 * k)) & 63;
+            out.push(char::from(
+                ALPHABET.get(index as usize).copied().unwrap_or(b'A'),
+            ));
+        }
+    }
+    out
+}
+
+/// Decodes canonical unpadded base64url; anything else gives `None`.
+pub fn base64url_decode(text: &[u8]) -> Option<Vec<u8>> {
+    decode_with(text, sextet)
+}
+
+/// Decodes base64 in either alphabet, padded or not (how people write keys).
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let trimmed = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    decode_with(trimmed, |c| match c {
+        b'+' => Some(62),
+        b'/' => Some(63),
+        other => sextet(other),
+    })
+}
+
+fn decode_with(text: &[u8], value: impl Fn(u8) -> Option<u32>) -> Option<Vec<u8>> {
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in text {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Leftover bits must be zero, or two spellings would decode to the same bytes.
+    (acc == 0).then_some(out)
+}
+
 impl SessionId {
     /// A fresh random id, or `None` if the host gave no randomness (then no session is issued
     /// rather than a guessable one).
@@ -58,23 +116,7 @@ impl SessionId {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(TOKEN_LEN);
-        for chunk in self.0.chunks(3) {
-            let b = [
-                chunk.first().copied().unwrap_or(0),
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            let chars = chunk.len() + 1;
-            for k in 0..chars {
-                let index = (n >> (18 - 6 * k)) & 63;
-                out.push(char::from(
-                    ALPHABET.get(index as usize).copied().unwrap_or(b'A'),
-                ));
-            }
-        }
-        out
+        base64url_encode(&self.0)
     }
 
     /// Reads a token; anything that is not exactly a token gives `None`.
@@ -82,25 +124,7 @@ impl SessionId {
         if text.len() != TOKEN_LEN {
             return None;
         }
-        let mut id = [0u8; ID_LEN];
-        let mut acc: u32 = 0;
-        let mut bits = 0;
-        let mut out = id.iter_mut();
-        for &c in text {
-            acc = (acc << 6) | sextet(c)?;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                *out.next()? = (acc >> bits) as u8;
-                acc &= (1 << bits) - 1;
-            }
-        }
-        // 22 characters carry 132 bits: the last 4 must be zero, or the text is not canonical
-        // (two spellings of one id would be a way to probe the table).
-        if acc != 0 || out.next().is_some() {
-            return None;
-        }
-        Some(SessionId(id))
+        base64url_decode(text)?.try_into().ok().map(SessionId)
     }
 
     /// Which bucket of the binding table holds this id.
@@ -173,6 +197,23 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn base64_both_alphabets_and_padding() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let url = base64url_encode(&bytes);
+        assert_eq!(base64url_decode(url.as_bytes()), Some(bytes.clone()));
+        let std = url.replace('-', "+").replace('_', "/");
+        assert_eq!(base64_decode(std.as_bytes()), Some(bytes.clone()));
+        assert_eq!(base64_decode(format!("{std}=").as_bytes()), Some(bytes));
+        assert_eq!(
+            base64_decode(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            Some(vec![0; 32])
+        );
+        assert_eq!(base64url_decode(b"A"), None);
+        assert_eq!(base64url_decode(b"AB"), None, "non-zero leftover bits");
+        assert_eq!(base64_decode(b"AA*A"), None);
     }
 
     #[test]

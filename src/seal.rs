@@ -1,0 +1,239 @@
+//! Sealed tokens: what a cookie or header session carries.
+//!
+//! A token is the session's pin (endpoint, cluster, wall-clock start and last-seen times)
+//! sealed with XChaCha20-Poly1305 under the configured keys, with the session name as
+//! associated data. It reveals nothing, cannot be forged or altered, and any Envoy holding one
+//! of the keys reads the same pin and agrees on its expiry: replicas share no state.
+//! The first key seals; every key opens (rotation: add the new key first, drop the old one
+//! once the longest session has passed).
+
+use crate::config::KEY_LEN;
+use crate::token::{base64url_decode, base64url_encode, Entropy};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Longest token text accepted: a bigger value is not ours, and opening it would cost.
+pub const MAX_TOKEN_LEN: usize = 400;
+/// Longest endpoint or cluster name a token carries.
+const MAX_FIELD_LEN: usize = 255;
+
+/// Where a session is pinned, and its times (milliseconds since 1970).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub endpoint: String,
+    pub cluster: Option<String>,
+    pub created_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+pub struct Sealer {
+    ciphers: Vec<XChaCha20Poly1305>,
+    aad: Vec<u8>,
+}
+
+impl Sealer {
+    /// `keys` must not be empty: the first seals. `scope` (the session name) is bound into
+    /// every token, so a token of one policy does not open under another.
+    pub fn new(keys: &[[u8; KEY_LEN]], scope: &str) -> Sealer {
+        let ciphers = keys
+            .iter()
+            .map(|k| XChaCha20Poly1305::new(k.into()))
+            .collect();
+        Sealer {
+            ciphers,
+            aad: format!("tether/v{VERSION}/{scope}").into_bytes(),
+        }
+    }
+
+    pub fn seal(&self, pin: &Pin, entropy: &mut dyn Entropy) -> Option<String> {
+        let cipher = self.ciphers.first()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        if !entropy.fill(&mut nonce) {
+            return None;
+        }
+        let plain = encode_pin(pin)?;
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &self.aad,
+                },
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Some(base64url_encode(&out))
+    }
+
+    /// The pin inside `text`, if one of our keys sealed it for this scope.
+    pub fn open(&self, text: &[u8]) -> Option<Pin> {
+        if text.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let raw = base64url_decode(text)?;
+        let (&version, rest) = raw.split_first()?;
+        if version != VERSION || rest.len() < NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let nonce = XNonce::from_slice(nonce);
+        self.ciphers.iter().find_map(|cipher| {
+            let plain = cipher
+                .decrypt(
+                    nonce,
+                    Payload {
+                        msg: sealed,
+                        aad: &self.aad,
+                    },
+                )
+                .ok()?;
+            decode_pin(&plain)
+        })
+    }
+}
+
+fn encode_pin(pin: &Pin) -> Option<Vec<u8>> {
+    let cluster = pin.cluster.as_deref().unwrap_or("");
+    if pin.endpoint.len() > MAX_FIELD_LEN || cluster.len() > MAX_FIELD_LEN {
+        return None;
+    }
+    let mut out = Vec::with_capacity(18 + pin.endpoint.len() + cluster.len());
+    out.extend_from_slice(&pin.created_ms.to_le_bytes());
+    out.extend_from_slice(&pin.last_seen_ms.to_le_bytes());
+    out.push(pin.endpoint.len() as u8);
+    out.extend_from_slice(pin.endpoint.as_bytes());
+    out.push(cluster.len() as u8);
+    out.extend_from_slice(cluster.as_bytes());
+    Some(out)
+}
+
+fn decode_pin(bytes: &[u8]) -> Option<Pin> {
+    let (created, rest) = split(bytes, 8)?;
+    let (last, rest) = split(rest, 8)?;
+    let (endpoint, rest) = string(rest)?;
+    let (cluster, rest) = string(rest)?;
+    if !rest.is_empty() || endpoint.is_empty() {
+        return None;
+    }
+    Some(Pin {
+        endpoint,
+        cluster: (!cluster.is_empty()).then_some(cluster),
+        created_ms: u64::from_le_bytes(created.try_into().ok()?),
+        last_seen_ms: u64::from_le_bytes(last.try_into().ok()?),
+    })
+}
+
+fn split(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    (bytes.len() >= n).then(|| bytes.split_at(n))
+}
+
+fn string(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let (&len, rest) = bytes.split_first()?;
+    let (text, rest) = split(rest, usize::from(len))?;
+    Some((std::str::from_utf8(text).ok()?.to_string(), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::SystemEntropy;
+
+    fn pin() -> Pin {
+        Pin {
+            endpoint: "127.0.0.1:8081".into(),
+            cluster: Some("app-v1".into()),
+            created_ms: 1_700_000_000_000,
+            last_seen_ms: 1_700_000_100_000,
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_no_address_inside() {
+        let s = Sealer::new(&[[1; 32]], "tether");
+        let t = s.seal(&pin(), &mut SystemEntropy).unwrap();
+        assert_eq!(s.open(t.as_bytes()), Some(pin()));
+        assert!(!t.contains("127") && !t.contains("8081"));
+        let t2 = s.seal(&pin(), &mut SystemEntropy).unwrap();
+        assert_ne!(t, t2, "a fresh nonce every time");
+        let no_cluster = Pin {
+            cluster: None,
+            ..pin()
+        };
+        let t3 = s.seal(&no_cluster, &mut SystemEntropy).unwrap();
+        assert_eq!(s.open(t3.as_bytes()), Some(no_cluster));
+    }
+
+    #[test]
+    fn every_bit_flip_truncation_and_extension_is_refused() {
+        let s = Sealer::new(&[[1; 32]], "tether");
+        let t = s.seal(&pin(), &mut SystemEntropy).unwrap();
+        let raw = base64url_decode(t.as_bytes()).unwrap();
+        for bit in 0..raw.len() * 8 {
+            let mut bad = raw.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(s.open(base64url_encode(&bad).as_bytes()), None, "bit {bit}");
+        }
+        for cut in 0..raw.len() {
+            assert_eq!(
+                s.open(base64url_encode(&raw[..cut]).as_bytes()),
+                None,
+                "cut {cut}"
+            );
+        }
+        let mut longer = raw.clone();
+        longer.push(0);
+        assert_eq!(s.open(base64url_encode(&longer).as_bytes()), None);
+        assert_eq!(s.open(format!("{t}A").as_bytes()), None);
+    }
+
+    #[test]
+    fn keys_rotate_and_scopes_separate() {
+        let old = Sealer::new(&[[1; 32]], "tether");
+        let rotated = Sealer::new(&[[2; 32], [1; 32]], "tether");
+        let removed = Sealer::new(&[[2; 32]], "tether");
+        let t_old = old.seal(&pin(), &mut SystemEntropy).unwrap();
+        assert_eq!(
+            rotated.open(t_old.as_bytes()),
+            Some(pin()),
+            "old tokens open during rotation"
+        );
+        assert_eq!(
+            removed.open(t_old.as_bytes()),
+            None,
+            "a removed key opens nothing"
+        );
+        let t_new = rotated.seal(&pin(), &mut SystemEntropy).unwrap();
+        assert_eq!(
+            removed.open(t_new.as_bytes()),
+            Some(pin()),
+            "the first key seals"
+        );
+        let other_scope = Sealer::new(&[[1; 32]], "cart");
+        assert_eq!(
+            other_scope.open(t_old.as_bytes()),
+            None,
+            "a token of another policy"
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let s = Sealer::new(&[[1; 32]], "tether");
+        for bad in [
+            &b""[..],
+            b"x",
+            b"tether",
+            &[0xff; 100],
+            &[b'A'; 1000],
+            b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(s.open(bad), None);
+        }
+    }
+}

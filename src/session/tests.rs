@@ -1,0 +1,532 @@
+use super::*;
+use crate::config::PluginConfig;
+use crate::table::fake::FakeStore;
+use crate::token::SystemEntropy;
+use std::collections::HashMap;
+
+const A: &str = "127.0.0.1:8081";
+const B: &str = "127.0.0.1:8082";
+const KEY: [u8; 32] = [7; 32];
+
+fn engine(json: &str) -> Engine {
+    let config = PluginConfig::parse(json.as_bytes()).unwrap();
+    Engine::new(config.default, KEY)
+}
+
+#[derive(Default, Clone)]
+struct Req {
+    headers: HashMap<String, Vec<u8>>,
+    source: Option<String>,
+}
+
+impl Req {
+    fn with(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name.into(), value.as_bytes().to_vec());
+        self
+    }
+}
+
+impl Request for Req {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.headers.get(name).cloned()
+    }
+    fn source_address(&mut self) -> Option<String> {
+        self.source.clone()
+    }
+}
+
+struct Resp {
+    upstream: Option<String>,
+    from_upstream: bool,
+    cluster: Option<String>,
+    set_cookies: Vec<Vec<u8>>,
+}
+
+impl Resp {
+    fn served_by(endpoint: &str) -> Resp {
+        Resp {
+            upstream: Some(endpoint.into()),
+            from_upstream: true,
+            cluster: Some("app".into()),
+            set_cookies: vec![],
+        }
+    }
+}
+
+impl Response for Resp {
+    fn upstream(&mut self) -> Option<String> {
+        self.upstream.clone()
+    }
+    fn from_upstream(&mut self) -> bool {
+        self.from_upstream
+    }
+    fn cluster(&mut self) -> Option<String> {
+        self.cluster.clone()
+    }
+    fn set_cookies(&mut self) -> Vec<Vec<u8>> {
+        self.set_cookies.clone()
+    }
+}
+
+struct Exchange {
+    state: RequestState,
+    edits: RequestEdits,
+    action: ResponseAction,
+}
+
+fn exchange(e: &Engine, store: &FakeStore, mut req: Req, mut resp: Resp, now: u64) -> Exchange {
+    let (state, edits) = e.on_request(store, &mut req, now);
+    let action = e.on_response(store, &state, &mut resp, now, &mut SystemEntropy);
+    Exchange {
+        state,
+        edits,
+        action,
+    }
+}
+
+fn cookie_pair(action: &ResponseAction) -> String {
+    action
+        .set_cookie
+        .as_ref()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn cookie_req(pair: &str) -> Req {
+    Req::default().with("cookie", pair)
+}
+
+fn pinned_to(x: &Exchange) -> Option<&str> {
+    match &x.state.found {
+        Found::Pinned(p) => Some(p.endpoint.as_str()),
+        Found::New(_) => None,
+    }
+}
+
+#[test]
+fn cookie_new_session_then_pinned() {
+    let e = engine("{}");
+    let store = FakeStore::default();
+    let x = exchange(&e, &store, Req::default(), Resp::served_by(A), 1_000);
+    assert_eq!(x.state.found, Found::New(Miss::NoToken));
+    assert!(matches!(x.action.decision, Decision::Issued { ref endpoint, .. } if endpoint == A));
+    let pair = cookie_pair(&x.action);
+    assert!(pair.starts_with("tether="));
+    assert!(!pair.contains("8081") && !pair.contains("127.0.0.1"));
+    assert_eq!(store.sets.get(), 0, "cookie sessions store nothing");
+
+    let x = exchange(
+        &e,
+        &store,
+        cookie_req(&format!("a=1; {pair}; b=2")),
+        Resp::served_by(A),
+        2_000,
+    );
+    assert_eq!(pinned_to(&x), Some(A));
+    assert_eq!(x.edits.host.as_deref(), Some(A));
+    assert_eq!(
+        x.edits.cookie.as_deref(),
+        Some(&b"a=1; b=2"[..]),
+        "our cookie does not reach the backend"
+    );
+    assert!(matches!(x.action.decision, Decision::Hit { .. }));
+    assert_eq!(x.action.set_cookie, None, "no Set-Cookie on a hit");
+}
+
+#[test]
+fn tokens_from_another_key_or_garbage_are_not_adopted() {
+    let e = engine("{}");
+    let other = Engine::new(PluginConfig::parse(b"{}").unwrap().default, [9; 32]);
+    let store = FakeStore::default();
+    let foreign =
+        cookie_pair(&exchange(&other, &store, Req::default(), Resp::served_by(A), 0).action);
+    let x = exchange(&e, &store, cookie_req(&foreign), Resp::served_by(B), 0);
+    assert_eq!(x.state.found, Found::New(Miss::Unknown));
+    assert_ne!(cookie_pair(&x.action), foreign);
+    let x = exchange(
+        &e,
+        &store,
+        cookie_req("tether=../../etc"),
+        Resp::served_by(A),
+        0,
+    );
+    assert_eq!(x.state.found, Found::New(Miss::Unknown));
+}
+
+#[test]
+fn replicas_sharing_keys_agree() {
+    let json = r#"{"keys": ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]}"#;
+    let one = Engine::new(
+        PluginConfig::parse(json.as_bytes()).unwrap().default,
+        [1; 32],
+    );
+    let two = Engine::new(
+        PluginConfig::parse(json.as_bytes()).unwrap().default,
+        [2; 32],
+    );
+    let store = FakeStore::default();
+    let pair = cookie_pair(&exchange(&one, &store, Req::default(), Resp::served_by(B), 0).action);
+    let x = exchange(
+        &two,
+        &FakeStore::default(),
+        cookie_req(&pair),
+        Resp::served_by(B),
+        10,
+    );
+    assert_eq!(pinned_to(&x), Some(B));
+}
+
+#[test]
+fn idle_and_absolute_expiry_with_refresh() {
+    let e = engine(r#"{"idle_timeout": "2s", "absolute_timeout": "5s"}"#);
+    let store = FakeStore::default();
+    let mut pair = cookie_pair(&exchange(&e, &store, Req::default(), Resp::served_by(A), 0).action);
+    let mut refreshes = 0;
+    for now in (250..4_900).step_by(250) {
+        let x = exchange(&e, &store, cookie_req(&pair), Resp::served_by(A), now);
+        assert_eq!(pinned_to(&x), Some(A), "at {now} ms");
+        if let Some(set) = &x.action.set_cookie {
+            refreshes += 1;
+            pair = set.split(';').next().unwrap().to_string();
+        }
+    }
+    // Refreshed every quarter of the idle timeout, not on every response.
+    assert!((8..=10).contains(&refreshes), "{refreshes} refreshes");
+    let x = exchange(&e, &store, cookie_req(&pair), Resp::served_by(A), 5_000);
+    assert_eq!(x.state.found, Found::New(Miss::Expired));
+    let fresh = cookie_pair(&x.action);
+    let x = exchange(
+        &e,
+        &store,
+        cookie_req(&fresh),
+        Resp::served_by(A),
+        5_000 + 2_000,
+    );
+    assert_eq!(x.state.found, Found::New(Miss::Expired));
+}
+
+#[test]
+fn rebind_when_another_endpoint_served() {
+    let e = engine(r#"{"absolute_timeout": "1h", "cookie": {"lifetime_type": "permanent"}}"#);
+    let store = FakeStore::default();
+    let old = cookie_pair(&exchange(&e, &store, Req::default(), Resp::served_by(A), 0).action);
+    let x = exchange(&e, &store, cookie_req(&old), Resp::served_by(B), 600_000);
+    assert!(
+        matches!(x.action.decision, Decision::Rebound { ref from, ref to } if from == A && to == B)
+    );
+    let set_cookie = x.action.set_cookie.clone().unwrap();
+    assert!(
+        set_cookie.contains("Max-Age=3000"),
+        "what is left of the absolute timeout: {set_cookie}"
+    );
+    let new = cookie_pair(&x.action);
+    assert_ne!(new, old);
+    let x = exchange(&e, &store, cookie_req(&new), Resp::served_by(B), 600_001);
+    assert_eq!(pinned_to(&x), Some(B));
+    assert_eq!(x.action.set_cookie, None);
+}
+
+#[test]
+fn strict_refuses_instead_of_moving() {
+    let e = engine(
+        r#"{"on_unavailable": "strict", "unavailable_status": 502, "retry_after": "1500ms"}"#,
+    );
+    let store = FakeStore::default();
+    let pair = cookie_pair(&exchange(&e, &store, Req::default(), Resp::served_by(A), 0).action);
+    let x = exchange(&e, &store, cookie_req(&pair), Resp::served_by(A), 1);
+    assert!(x.edits.no_retries);
+    assert!(matches!(x.action.decision, Decision::Hit { .. }));
+    // The attempt at A failed: Envoy names A but the reply is its own.
+    let failed = Resp {
+        from_upstream: false,
+        ..Resp::served_by(A)
+    };
+    let x = exchange(&e, &store, cookie_req(&pair), failed, 2);
+    assert_eq!(x.action.refuse, Some((502, 2)));
+    assert_eq!(x.action.set_cookie, None);
+    // A left the cluster and the fallback chose B: refused all the same, not moved.
+    let x = exchange(&e, &store, cookie_req(&pair), Resp::served_by(B), 3);
+    assert!(matches!(x.action.decision, Decision::Refused { .. }));
+    assert_eq!(x.action.set_cookie, None);
+}
+
+#[test]
+fn header_type_carries_the_token_in_headers() {
+    let e = engine(r#"{"type": "header", "session_name": "X-Session"}"#);
+    let store = FakeStore::default();
+    let x = exchange(&e, &store, Req::default(), Resp::served_by(B), 0);
+    let (name, token) = x.action.set_header.clone().unwrap();
+    assert_eq!(name, "x-session");
+    assert_eq!(x.action.set_cookie, None);
+    let x = exchange(
+        &e,
+        &store,
+        Req::default().with("x-session", &token),
+        Resp::served_by(B),
+        1,
+    );
+    assert_eq!(pinned_to(&x), Some(B));
+    assert_eq!(x.edits.remove_header.as_deref(), Some("x-session"));
+    assert_eq!(x.action.set_header, None);
+}
+
+#[test]
+fn learn_from_application_cookie() {
+    let e = engine(r#"{"type": "learn", "learn_from": "cookie", "session_name": "JSESSIONID"}"#);
+    let store = FakeStore::default();
+    // The application starts a session on B.
+    let resp = Resp {
+        set_cookies: vec![b"JSESSIONID=abc; Path=/".to_vec()],
+        ..Resp::served_by(B)
+    };
+    let x = exchange(&e, &store, Req::default(), resp, 0);
+    assert!(matches!(x.action.decision, Decision::Issued { .. }));
+    assert_eq!(
+        x.action.set_cookie, None,
+        "tether never issues the application's cookie"
+    );
+    let x = exchange(
+        &e,
+        &store,
+        cookie_req("JSESSIONID=abc"),
+        Resp::served_by(B),
+        1,
+    );
+    assert_eq!(pinned_to(&x), Some(B));
+    assert_eq!(
+        x.edits.cookie, None,
+        "the application's cookie reaches the application"
+    );
+    // Another id is not pinned; a request without one has nothing to bind.
+    let x = exchange(
+        &e,
+        &store,
+        cookie_req("JSESSIONID=zzz"),
+        Resp::served_by(A),
+        2,
+    );
+    assert_eq!(x.state.found, Found::New(Miss::Unknown));
+    let x = exchange(&e, &store, Req::default(), Resp::served_by(A), 3);
+    assert_eq!(x.action.decision, Decision::Unserved);
+}
+
+#[test]
+fn learn_from_header_and_query_bind_on_first_sight() {
+    let e = engine(r#"{"type": "learn", "learn_from": "header", "session_name": "x-session-id"}"#);
+    let store = FakeStore::default();
+    let req = Req::default().with("x-session-id", "conversation-42");
+    let x = exchange(&e, &store, req.clone(), Resp::served_by(B), 0);
+    assert!(matches!(x.action.decision, Decision::Issued { .. }));
+    assert_eq!(
+        pinned_to(&exchange(&e, &store, req, Resp::served_by(B), 1)),
+        Some(B)
+    );
+
+    let e = engine(r#"{"type": "learn", "learn_from": "query", "session_name": "sid"}"#);
+    let x = exchange(
+        &e,
+        &store,
+        Req::default().with(":path", "/chat?x=1&sid=s-9"),
+        Resp::served_by(A),
+        0,
+    );
+    assert!(matches!(x.action.decision, Decision::Issued { .. }));
+    let x = exchange(
+        &e,
+        &store,
+        Req::default().with(":path", "/other?sid=s-9#frag"),
+        Resp::served_by(A),
+        1,
+    );
+    assert_eq!(pinned_to(&x), Some(A));
+    let x = exchange(
+        &e,
+        &store,
+        Req::default().with(":path", "/other?sid=s-10"),
+        Resp::served_by(B),
+        2,
+    );
+    assert_eq!(x.state.found, Found::New(Miss::Unknown));
+}
+
+#[test]
+fn source_ip_with_and_without_trusted_hops() {
+    let e = engine(r#"{"type": "source_ip"}"#);
+    let store = FakeStore::default();
+    let req = |peer: &str| Req {
+        source: Some(peer.into()),
+        ..Req::default()
+    };
+    exchange(&e, &store, req("10.0.0.1:5555"), Resp::served_by(B), 0);
+    assert_eq!(
+        pinned_to(&exchange(
+            &e,
+            &store,
+            req("10.0.0.1:6666"),
+            Resp::served_by(B),
+            1
+        )),
+        Some(B)
+    );
+    assert_eq!(
+        pinned_to(&exchange(
+            &e,
+            &store,
+            req("[::ffff:10.0.0.1]:7"),
+            Resp::served_by(B),
+            1
+        )),
+        Some(B)
+    );
+    assert_eq!(
+        pinned_to(&exchange(
+            &e,
+            &store,
+            req("10.0.0.2:6666"),
+            Resp::served_by(A),
+            2
+        )),
+        None
+    );
+
+    let e = engine(r#"{"type": "source_ip", "trusted_hops": 1}"#);
+    let behind = |xff: &str| Req {
+        source: Some("127.0.0.1:1".into()),
+        ..Req::default().with("x-forwarded-for", xff)
+    };
+    exchange(
+        &e,
+        &store,
+        behind("1.1.1.1, 203.0.113.9"),
+        Resp::served_by(A),
+        0,
+    );
+    assert_eq!(
+        pinned_to(&exchange(
+            &e,
+            &store,
+            behind("6.6.6.6, 203.0.113.9"),
+            Resp::served_by(A),
+            1
+        )),
+        Some(A),
+        "spoofed left entries do not matter"
+    );
+    assert_eq!(
+        pinned_to(&exchange(
+            &e,
+            &store,
+            behind("203.0.113.10"),
+            Resp::served_by(B),
+            2
+        )),
+        None
+    );
+}
+
+#[test]
+fn client_ip_parsing() {
+    let mut r = Req {
+        source: Some("192.0.2.1:80".into()),
+        ..Req::default().with("x-forwarded-for", "a, 198.51.100.7 ,2001:db8::1")
+    };
+    assert_eq!(client_ip(&mut r, 0), "192.0.2.1".parse().ok());
+    assert_eq!(client_ip(&mut r, 1), "2001:db8::1".parse().ok());
+    assert_eq!(client_ip(&mut r, 2), "198.51.100.7".parse().ok());
+    assert_eq!(
+        client_ip(&mut r, 3),
+        "192.0.2.1".parse().ok(),
+        "malformed entry: the peer"
+    );
+    assert_eq!(
+        client_ip(&mut r, 9),
+        "192.0.2.1".parse().ok(),
+        "too few entries: the peer"
+    );
+    let mut garbage = Req {
+        source: Some("x".into()),
+        ..Req::default().with("x-forwarded-for", "\u{ff}")
+    };
+    assert_eq!(client_ip(&mut garbage, 1), None);
+}
+
+#[test]
+fn cluster_pins_travel_with_the_session() {
+    let e = engine(r#"{"upstream": {"cluster_header": "x-tether-cluster"}}"#);
+    let store = FakeStore::default();
+    let resp = Resp {
+        cluster: Some("app-canary".into()),
+        ..Resp::served_by(B)
+    };
+    let pair = cookie_pair(&exchange(&e, &store, Req::default(), resp, 0).action);
+    let x = exchange(&e, &store, cookie_req(&pair), Resp::served_by(B), 1);
+    assert_eq!(x.edits.cluster.as_deref(), Some("app-canary"));
+    assert_eq!(x.edits.host.as_deref(), Some(B));
+}
+
+#[test]
+fn local_replies_record_nothing() {
+    let e = engine(r#"{"type": "source_ip"}"#);
+    let store = FakeStore::default();
+    e.table.prepare(&store).unwrap();
+    let writes = store.sets.get();
+    let req = Req {
+        source: Some("10.0.0.1:1".into()),
+        ..Req::default()
+    };
+    let none = Resp {
+        upstream: None,
+        ..Resp::served_by(A)
+    };
+    assert_eq!(
+        exchange(&e, &store, req.clone(), none, 0).action.decision,
+        Decision::Unserved
+    );
+    let local = Resp {
+        from_upstream: false,
+        ..Resp::served_by(A)
+    };
+    assert_eq!(
+        exchange(&e, &store, req, local, 0).action.decision,
+        Decision::Unserved
+    );
+    assert_eq!(store.sets.get(), writes);
+}
+
+#[test]
+fn table_write_failure_is_reported() {
+    let e = engine(r#"{"type": "learn", "learn_from": "header", "session_name": "x-sid"}"#);
+    let store = FakeStore::default();
+    e.table.prepare(&store).unwrap();
+    store.force_mismatches.set(usize::MAX);
+    let x = exchange(
+        &e,
+        &store,
+        Req::default().with("x-sid", "a"),
+        Resp::served_by(A),
+        0,
+    );
+    assert_eq!(
+        x.action.decision,
+        Decision::WriteFailed(WriteError::Contended)
+    );
+}
+
+#[test]
+fn no_entropy_no_token() {
+    struct Broken;
+    impl Entropy for Broken {
+        fn fill(&mut self, _: &mut [u8]) -> bool {
+            false
+        }
+    }
+    let e = engine("{}");
+    let store = FakeStore::default();
+    let (state, _) = e.on_request(&store, &mut Req::default(), 0);
+    let a = e.on_response(&store, &state, &mut Resp::served_by(A), 0, &mut Broken);
+    assert_eq!(a.decision, Decision::NoEntropy);
+    assert_eq!(a.set_cookie, None);
+}
