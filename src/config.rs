@@ -839,4 +839,113 @@ mod tests {
         assert_eq!(s.cookie.same_site, SameSite::None);
         assert_eq!(s.cookie.lifetime_type, LifetimeType::Permanent);
     }
+
+    const KEY32: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    #[test]
+    fn issue_three_fields() {
+        let s = parse(&format!(
+            r#"{{"type": "learn", "learn_from": "query", "trusted_hops": 2, "keys": ["{KEY32}"],
+                "on_unavailable": "strict", "unavailable_status": 429, "retry_after": "1500ms",
+                "max_sessions": 1000, "upstream": {{"cluster_header": "X-Tether-Cluster"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(s.session_type, SessionType::Learn);
+        assert_eq!(s.learn_from, LearnFrom::Query);
+        assert_eq!(s.trusted_hops, 2);
+        assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.keys[0][31], 31);
+        assert_eq!(s.on_unavailable, OnUnavailable::Strict);
+        assert_eq!(s.unavailable_status, 429);
+        assert_eq!(
+            s.retry_after_s, 2,
+            "Retry-After is whole seconds, rounded up"
+        );
+        assert_eq!(s.max_sessions, 1000);
+        assert_eq!(s.cluster_header.as_deref(), Some("x-tether-cluster"));
+        let d = Settings::default();
+        assert_eq!(
+            (d.on_unavailable, d.unavailable_status, d.retry_after_s),
+            (OnUnavailable::Rebalance, 503, 5)
+        );
+        assert_eq!(d.max_sessions, 100_000);
+        assert_eq!(d.learn_from, LearnFrom::Cookie);
+        assert!(d.keys.is_empty());
+    }
+
+    #[test]
+    fn issue_three_refusals_name_the_field() {
+        let cases = [
+            (r#"{"learn_from": "x"}"#, "learn_from"),
+            (r#"{"trusted_hops": -1}"#, "trusted_hops"),
+            (r#"{"trusted_hops": 17}"#, "trusted_hops"),
+            (r#"{"trusted_hops": "1"}"#, "trusted_hops"),
+            (r#"{"keys": []}"#, "keys"),
+            (r#"{"keys": "abc"}"#, "keys"),
+            (r#"{"keys": ["notbase64!"]}"#, "keys[0]"),
+            (r#"{"keys": ["AAAAAAAAAAAAAAAAAAAAAA=="]}"#, "keys[0]"),
+            (r#"{"keys": [1]}"#, "keys[0]"),
+            (r#"{"on_unavailable": "x"}"#, "on_unavailable"),
+            (r#"{"unavailable_status": 99}"#, "unavailable_status"),
+            (r#"{"unavailable_status": 600}"#, "unavailable_status"),
+            (r#"{"retry_after": "5"}"#, "retry_after"),
+            (r#"{"max_sessions": 0}"#, "max_sessions"),
+            (r#"{"max_sessions": "10"}"#, "max_sessions"),
+            (
+                r#"{"upstream": {"cluster_header": ""}}"#,
+                "upstream.cluster_header",
+            ),
+            (
+                r#"{"upstream": {"cluster_header": "x-tether-host"}}"#,
+                "upstream.cluster_header",
+            ),
+            (
+                r#"{"type": "header", "session_name": "cookie"}"#,
+                "session_name",
+            ),
+            (r#"{"routes": 5}"#, "routes"),
+            (r#"{"routes": {"r": 5}}"#, "routes.r"),
+            (r#"{"routes": {"r": {"bogus": 1}}}"#, "routes.r.bogus"),
+            (
+                r#"{"routes": {"r": {"cookie": {"same_site": "x"}}}}"#,
+                "routes.r.cookie.same_site",
+            ),
+            (
+                r#"{"routes": {"r": {"disabled": "yes"}}}"#,
+                "routes.r.disabled",
+            ),
+            (r#"{"routes": {"r": {"routes": {}}}}"#, "routes.r.routes"),
+        ];
+        for (json, field) in cases {
+            let e = PluginConfig::parse(json.as_bytes()).expect_err(json);
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn routes_inherit_and_override() {
+        let c = PluginConfig::parse(
+            br#"{"session_name": "s", "idle_timeout": "10s", "cookie": {"path": "/", "secure": true},
+                 "routes": {"cart": {"session_name": "cart", "cookie": {"path": "/cart"}},
+                            "api": {"disabled": true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.default.session_name, "s");
+        let cart = c
+            .routes
+            .iter()
+            .find(|(n, _)| n == "cart")
+            .unwrap()
+            .1
+            .as_ref()
+            .unwrap();
+        assert_eq!(cart.session_name, "cart");
+        assert_eq!(cart.cookie.path, "/cart");
+        assert!(
+            cart.cookie.secure,
+            "fields a route leaves out come from the top level"
+        );
+        assert_eq!(cart.idle_timeout_ms, Some(10_000));
+        assert!(c.routes.iter().any(|(n, s)| n == "api" && s.is_none()));
+    }
 }

@@ -209,7 +209,7 @@ impl Response for HostResponse {
         property_text(vec!["upstream", "address"])
     }
 
-    fn from_upstream(&mut self) -> bool {
+    fn came_from_upstream(&mut self) -> bool {
         property_text(vec!["response", "code_details"]).as_deref() == Some("via_upstream")
     }
 

@@ -32,7 +32,7 @@ pub trait Response {
     /// The endpoint Envoy says handled the request, `IP:port`.
     fn upstream(&mut self) -> Option<String>;
     /// Whether the response came from that endpoint (not a local reply).
-    fn from_upstream(&mut self) -> bool;
+    fn came_from_upstream(&mut self) -> bool;
     /// The cluster that handled the request.
     fn cluster(&mut self) -> Option<String>;
     /// Every `Set-Cookie` header of the response.
@@ -337,7 +337,7 @@ impl Engine {
             // In strict mode a failed attempt at the pinned endpoint names it too: only a
             // response that really came from it counts (a host call asked only then).
             let served_by_pin = upstream.as_deref() == Some(pin.endpoint.as_str())
-                && (!strict || resp.from_upstream());
+                && (!strict || resp.came_from_upstream());
             if served_by_pin {
                 return self.hit(store, state, pin, resp, now_ms, entropy);
             }
@@ -353,7 +353,7 @@ impl Engine {
                 };
             }
         }
-        let served = upstream.filter(|_| resp.from_upstream());
+        let served = upstream.filter(|_| resp.came_from_upstream());
         let Some(served) = served else {
             return action(Decision::Unserved);
         };

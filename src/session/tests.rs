@@ -57,7 +57,7 @@ impl Response for Resp {
     fn upstream(&mut self) -> Option<String> {
         self.upstream.clone()
     }
-    fn from_upstream(&mut self) -> bool {
+    fn came_from_upstream(&mut self) -> bool {
         self.from_upstream
     }
     fn cluster(&mut self) -> Option<String> {
