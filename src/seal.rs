@@ -48,8 +48,15 @@ impl Sealer {
         }
     }
 
-    pub fn seal(&self, pin: &Pin, entropy: &mut dyn Entropy) -> Option<String> {
+    /// `bound_to` is also authenticated: the token opens only when the same bytes are given
+    /// (a companion token for a learned id opens only next to that id).
+    fn aad(&self, bound_to: &[u8]) -> Vec<u8> {
+        [self.aad.as_slice(), &[0], bound_to].concat()
+    }
+
+    pub fn seal(&self, pin: &Pin, bound_to: &[u8], entropy: &mut dyn Entropy) -> Option<String> {
         let cipher = self.ciphers.first()?;
+        let aad = self.aad(bound_to);
         let mut nonce = [0u8; NONCE_LEN];
         if !entropy.fill(&mut nonce) {
             return None;
@@ -60,7 +67,7 @@ impl Sealer {
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
-                    aad: &self.aad,
+                    aad: &aad,
                 },
             )
             .ok()?;
@@ -72,7 +79,7 @@ impl Sealer {
     }
 
     /// The pin inside `text`, if one of our keys sealed it for this scope.
-    pub fn open(&self, text: &[u8]) -> Option<Pin> {
+    pub fn open(&self, text: &[u8], bound_to: &[u8]) -> Option<Pin> {
         if text.len() > MAX_TOKEN_LEN {
             return None;
         }
@@ -83,13 +90,14 @@ impl Sealer {
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce = XNonce::from_slice(nonce);
+        let aad = self.aad(bound_to);
         self.ciphers.iter().find_map(|cipher| {
             let plain = cipher
                 .decrypt(
                     nonce,
                     Payload {
                         msg: sealed,
-                        aad: &self.aad,
+                        aad: &aad,
                     },
                 )
                 .ok()?;
@@ -156,40 +164,44 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_no_address_inside() {
         let s = Sealer::new(&[[1; 32]], "tether");
-        let t = s.seal(&pin(), &mut SystemEntropy).unwrap();
-        assert_eq!(s.open(t.as_bytes()), Some(pin()));
+        let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
+        assert_eq!(s.open(t.as_bytes(), b""), Some(pin()));
         assert!(!t.contains("127") && !t.contains("8081"));
-        let t2 = s.seal(&pin(), &mut SystemEntropy).unwrap();
+        let t2 = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert_ne!(t, t2, "a fresh nonce every time");
         let no_cluster = Pin {
             cluster: None,
             ..pin()
         };
-        let t3 = s.seal(&no_cluster, &mut SystemEntropy).unwrap();
-        assert_eq!(s.open(t3.as_bytes()), Some(no_cluster));
+        let t3 = s.seal(&no_cluster, b"", &mut SystemEntropy).unwrap();
+        assert_eq!(s.open(t3.as_bytes(), b""), Some(no_cluster));
     }
 
     #[test]
     fn every_bit_flip_truncation_and_extension_is_refused() {
         let s = Sealer::new(&[[1; 32]], "tether");
-        let t = s.seal(&pin(), &mut SystemEntropy).unwrap();
+        let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         let raw = base64url_decode(t.as_bytes()).unwrap();
         for bit in 0..raw.len() * 8 {
             let mut bad = raw.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(s.open(base64url_encode(&bad).as_bytes()), None, "bit {bit}");
+            assert_eq!(
+                s.open(base64url_encode(&bad).as_bytes(), b""),
+                None,
+                "bit {bit}"
+            );
         }
         for cut in 0..raw.len() {
             assert_eq!(
-                s.open(base64url_encode(&raw[..cut]).as_bytes()),
+                s.open(base64url_encode(&raw[..cut]).as_bytes(), b""),
                 None,
                 "cut {cut}"
             );
         }
         let mut longer = raw.clone();
         longer.push(0);
-        assert_eq!(s.open(base64url_encode(&longer).as_bytes()), None);
-        assert_eq!(s.open(format!("{t}A").as_bytes()), None);
+        assert_eq!(s.open(base64url_encode(&longer).as_bytes(), b""), None);
+        assert_eq!(s.open(format!("{t}A").as_bytes(), b""), None);
     }
 
     #[test]
@@ -197,29 +209,38 @@ mod tests {
         let old = Sealer::new(&[[1; 32]], "tether");
         let rotated = Sealer::new(&[[2; 32], [1; 32]], "tether");
         let removed = Sealer::new(&[[2; 32]], "tether");
-        let t_old = old.seal(&pin(), &mut SystemEntropy).unwrap();
+        let t_old = old.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert_eq!(
-            rotated.open(t_old.as_bytes()),
+            rotated.open(t_old.as_bytes(), b""),
             Some(pin()),
             "old tokens open during rotation"
         );
         assert_eq!(
-            removed.open(t_old.as_bytes()),
+            removed.open(t_old.as_bytes(), b""),
             None,
             "a removed key opens nothing"
         );
-        let t_new = rotated.seal(&pin(), &mut SystemEntropy).unwrap();
+        let t_new = rotated.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert_eq!(
-            removed.open(t_new.as_bytes()),
+            removed.open(t_new.as_bytes(), b""),
             Some(pin()),
             "the first key seals"
         );
         let other_scope = Sealer::new(&[[1; 32]], "cart");
         assert_eq!(
-            other_scope.open(t_old.as_bytes()),
+            other_scope.open(t_old.as_bytes(), b""),
             None,
             "a token of another policy"
         );
+    }
+
+    #[test]
+    fn bound_tokens_open_only_next_to_their_id() {
+        let s = Sealer::new(&[[1; 32]], "JSESSIONID");
+        let t = s.seal(&pin(), b"abc", &mut SystemEntropy).unwrap();
+        assert_eq!(s.open(t.as_bytes(), b"abc"), Some(pin()));
+        assert_eq!(s.open(t.as_bytes(), b"abd"), None);
+        assert_eq!(s.open(t.as_bytes(), b""), None);
     }
 
     #[test]
@@ -233,7 +254,7 @@ mod tests {
             &[b'A'; 1000],
             b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
-            assert_eq!(s.open(bad), None);
+            assert_eq!(s.open(bad, b""), None);
         }
     }
 }

@@ -51,8 +51,17 @@ pub struct Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestState {
     pub found: Found,
-    /// For `learn` and `source_ip`: the table id of the request's session key, if it had one.
-    pub key: Option<SessionId>,
+    /// For `learn` and `source_ip`: the request's session key, if it had one.
+    pub key: Option<Learned>,
+    /// The binding came from a companion token, not this Envoy's table: record it here.
+    pub adopted: bool,
+}
+
+/// A session key tether did not issue (learned id, client address) and its table id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learned {
+    pub id: SessionId,
+    pub value: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,10 +214,13 @@ impl Engine {
         now_ms: u64,
     ) -> (RequestState, RequestEdits) {
         let mut edits = RequestEdits::default();
+        let mut adopted = false;
         let (found, key) = match self.settings.session_type {
             SessionType::Cookie => (self.token_from_cookie(req, now_ms, &mut edits), None),
             SessionType::Header => (self.token_from_header(req, now_ms, &mut edits), None),
-            SessionType::Learn | SessionType::SourceIp => self.keyed(store, req, now_ms),
+            SessionType::Learn | SessionType::SourceIp => {
+                self.keyed(store, req, now_ms, &mut edits, &mut adopted)
+            }
         };
         if let Found::Pinned(pin) = &found {
             edits.host = Some(pin.endpoint.clone());
@@ -217,7 +229,14 @@ impl Engine {
             }
             edits.no_retries = self.settings.on_unavailable == OnUnavailable::Strict;
         }
-        (RequestState { found, key }, edits)
+        (
+            RequestState {
+                found,
+                key,
+                adopted,
+            },
+            edits,
+        )
     }
 
     fn token_from_cookie(
@@ -255,7 +274,7 @@ impl Engine {
     fn open_first<'a>(&self, tokens: impl Iterator<Item = &'a [u8]>, now_ms: u64) -> Found {
         let mut miss = Miss::Unknown;
         for token in tokens.take(cookies::MAX_CANDIDATES) {
-            if let Some(pin) = self.sealer.open(token) {
+            if let Some(pin) = self.sealer.open(token, b"") {
                 if self
                     .lifetimes()
                     .is_expired_at(pin.created_ms, pin.last_seen_ms, now_ms)
@@ -274,39 +293,78 @@ impl Engine {
         store: &dyn Store,
         req: &mut dyn Request,
         now_ms: u64,
-    ) -> (Found, Option<SessionId>) {
-        let Some(key) = self.request_key(req) else {
+        edits: &mut RequestEdits,
+        adopted: &mut bool,
+    ) -> (Found, Option<Learned>) {
+        let cookie_header = match self.companion_name() {
+            Some(_) => req.header("cookie"),
+            None => None,
+        };
+        let Some(key) = self.request_key(req, cookie_header.as_deref()) else {
             return (Found::New(Miss::NoToken), None);
         };
-        let found = match self.table.lookup(store, &key, now_ms) {
+        let mut found = match self.table.lookup(store, &key.id, now_ms) {
             Lookup::Live(b) => Found::Pinned(pin_of(&b)),
             Lookup::Expired(_) => Found::New(Miss::Expired),
             Lookup::Unknown => Found::New(Miss::Unknown),
         };
+        if let (Some(name), Some(header)) = (self.companion_name(), &cookie_header) {
+            // Another replica bound this id: its companion token says where, and opens only
+            // next to this very id.
+            if found == Found::New(Miss::Unknown) {
+                let companion = cookies::values(header, &name)
+                    .iter()
+                    .filter_map(|t| self.sealer.open(t.as_bytes(), &key.value))
+                    .find(|p| {
+                        !self
+                            .lifetimes()
+                            .is_expired_at(p.created_ms, p.last_seen_ms, now_ms)
+                    });
+                if let Some(pin) = companion {
+                    found = Found::Pinned(pin);
+                    *adopted = true;
+                }
+            }
+            edits.cookie = cookies::without(header, &name);
+        }
         (found, Some(key))
     }
 
-    /// The table id of the request's session key (`learn`, `source_ip`).
-    fn request_key(&self, req: &mut dyn Request) -> Option<SessionId> {
+    /// The companion cookie that lets replicas agree on a learned application cookie:
+    /// `tether-<session_name>`, a sealed pin bound to the application's id.
+    pub fn companion_name(&self) -> Option<String> {
+        (self.settings.session_type == SessionType::Learn
+            && self.settings.learn_from == LearnFrom::Cookie)
+            .then(|| format!("tether-{}", self.settings.session_name))
+    }
+
+    /// The request's session key (`learn`, `source_ip`).
+    fn request_key(&self, req: &mut dyn Request, cookie_header: Option<&[u8]>) -> Option<Learned> {
         let name = &self.settings.session_name;
         let value: Vec<u8> = match (self.settings.session_type, self.settings.learn_from) {
             (SessionType::SourceIp, _) => client_ip(req, self.settings.trusted_hops)?
                 .to_string()
                 .into_bytes(),
-            (_, LearnFrom::Cookie) => cookies::values(&req.header("cookie")?, name)
-                .into_iter()
-                .next()?
-                .into_bytes(),
+            (_, LearnFrom::Cookie) => {
+                let header = match cookie_header {
+                    Some(h) => h.to_vec(),
+                    None => req.header("cookie")?,
+                };
+                cookies::values(&header, name)
+                    .into_iter()
+                    .next()?
+                    .into_bytes()
+            }
             (_, LearnFrom::Header) => req
                 .header(&name.to_ascii_lowercase())?
                 .trim_ascii()
                 .to_vec(),
             (_, LearnFrom::Query) => query_value(&req.header(":path")?, name)?.to_vec(),
         };
-        self.learned_id(&value)
+        self.learned(value)
     }
 
-    fn learned_id(&self, value: &[u8]) -> Option<SessionId> {
+    fn learned(&self, value: Vec<u8>) -> Option<Learned> {
         if value.is_empty() || value.len() > MAX_LEARNED_LEN {
             return None;
         }
@@ -316,10 +374,13 @@ impl Engine {
             let mut h = fnv::FnvHasher::default();
             h.write(&self.salt);
             h.write_u8(half as u8);
-            h.write(value);
+            h.write(&value);
             chunk.copy_from_slice(&h.finish().to_le_bytes());
         }
-        Some(SessionId(id))
+        Some(Learned {
+            id: SessionId(id),
+            value,
+        })
     }
 
     /// Response phase.
@@ -385,7 +446,14 @@ impl Engine {
             last_seen_ms: now_ms,
         };
         if self.uses_table() {
-            self.bind_keyed(store, state, &pin, resp, now_ms, decision)
+            let learned = self.learned_from_response(resp);
+            // The id the application just issued goes where the application issued it; the
+            // id the request carried (if any) follows the session too.
+            let keys: Vec<&Learned> = learned.iter().chain(state.key.as_ref()).collect();
+            if keys.is_empty() {
+                return action(Decision::Unserved);
+            }
+            self.bind_learned(store, &keys, &pin, now_ms, decision, entropy)
         } else {
             self.issue_token(&pin, now_ms, decision, entropy)
         }
@@ -401,22 +469,18 @@ impl Engine {
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
         // The application may have started a new session of its own on the same endpoint.
-        if self.settings.session_type == SessionType::Learn
-            && self.settings.learn_from == LearnFrom::Cookie
-        {
-            if let Some(learned) = self.learned_from_response(resp) {
-                if Some(learned) != state.key {
-                    let fresh = Pin {
-                        created_ms: now_ms,
-                        last_seen_ms: now_ms,
-                        ..pin.clone()
-                    };
-                    let decision = Decision::Issued {
-                        endpoint: pin.endpoint.clone(),
-                        miss: Miss::NoToken,
-                    };
-                    return self.write_binding(store, learned, &fresh, now_ms, decision);
-                }
+        if let Some(learned) = self.learned_from_response(resp) {
+            if Some(&learned.id) != state.key.as_ref().map(|k| &k.id) {
+                let fresh = Pin {
+                    created_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    ..pin.clone()
+                };
+                let decision = Decision::Issued {
+                    endpoint: pin.endpoint.clone(),
+                    miss: Miss::NoToken,
+                };
+                return self.bind_learned(store, &[&learned], &fresh, now_ms, decision, entropy);
             }
         }
         let due = self
@@ -427,19 +491,24 @@ impl Engine {
             endpoint: pin.endpoint.clone(),
             refreshed: due,
         };
-        if !due {
-            return action(decision);
-        }
         let refreshed = Pin {
             last_seen_ms: now_ms,
             ..pin.clone()
         };
-        match state.key {
+        match &state.key {
+            // Pinned by another replica's companion token: this Envoy learns the binding too.
+            Some(key) if state.adopted => {
+                self.bind_learned(store, &[key], &refreshed, now_ms, decision, entropy)
+            }
+            _ if !due => action(decision),
+            Some(key) if self.companion_name().is_some() => {
+                self.bind_learned(store, &[key], &refreshed, now_ms, decision, entropy)
+            }
             Some(key) => {
                 // A lost touch only shortens the session by one interval: no retry storm.
                 let cas_retries = self
                     .table
-                    .touch(store, &key, &pin.endpoint, now_ms)
+                    .touch(store, &key.id, &pin.endpoint, now_ms)
                     .map_or(0, |r| r.cas_retries);
                 ResponseAction {
                     cas_retries,
@@ -450,71 +519,67 @@ impl Engine {
         }
     }
 
-    fn learned_from_response(&self, resp: &mut dyn Response) -> Option<SessionId> {
+    /// The application's new session id, from a `Set-Cookie` of the response (`learn_from:
+    /// cookie` only).
+    fn learned_from_response(&self, resp: &mut dyn Response) -> Option<Learned> {
+        self.companion_name()?;
         let name = &self.settings.session_name;
         let value = resp
             .set_cookies()
             .iter()
             .find_map(|h| cookies::set_cookie_value(h, name))?;
-        self.learned_id(value.as_bytes())
+        self.learned(value.into_bytes())
     }
 
-    fn bind_keyed(
+    /// Writes `pin` for every key; with a companion cookie, hands the client a sealed copy
+    /// bound to the first key.
+    fn bind_learned(
         &self,
         store: &dyn Store,
-        state: &RequestState,
+        keys: &[&Learned],
         pin: &Pin,
-        resp: &mut dyn Response,
         now_ms: u64,
         decision: Decision,
+        entropy: &mut dyn Entropy,
     ) -> ResponseAction {
-        let learned = if self.settings.session_type == SessionType::Learn
-            && self.settings.learn_from == LearnFrom::Cookie
-        {
-            self.learned_from_response(resp)
-        } else {
-            None
-        };
-        let mut total = ResponseAction {
-            cas_retries: 0,
-            ..action(decision)
-        };
-        // The id the application just issued goes where the application issued it; the id
-        // the request carried (if any) follows the session too.
-        for key in [learned, state.key].into_iter().flatten() {
-            let a = self.write_binding(store, key, pin, now_ms, total.decision.clone());
-            total.cas_retries += a.cas_retries;
-            if let Decision::WriteFailed(_) = a.decision {
-                total.decision = a.decision;
+        let mut total = action(decision);
+        for key in keys {
+            let binding = Binding {
+                id: key.id,
+                endpoint: pin.endpoint.clone(),
+                cluster: pin.cluster.clone(),
+                created_ms: pin.created_ms,
+                last_seen_ms: pin.last_seen_ms,
+            };
+            match self.table.put(store, &binding, now_ms) {
+                Ok(report) => total.cas_retries += report.cas_retries,
+                Err(e) => return action(Decision::WriteFailed(e)),
             }
         }
-        if learned.is_none() && state.key.is_none() {
-            total.decision = Decision::Unserved;
+        if let (Some(name), Some(first)) = (self.companion_name(), keys.first()) {
+            if let Some(token) = self.sealer.seal(pin, &first.value, entropy) {
+                total.set_cookie = Some(cookies::set_cookie(
+                    &name,
+                    &token,
+                    &self.settings.cookie,
+                    self.max_age_s(pin, now_ms),
+                ));
+            }
         }
         total
     }
 
-    fn write_binding(
-        &self,
-        store: &dyn Store,
-        key: SessionId,
-        pin: &Pin,
-        now_ms: u64,
-        decision: Decision,
-    ) -> ResponseAction {
-        let binding = Binding {
-            id: key,
-            endpoint: pin.endpoint.clone(),
-            cluster: pin.cluster.clone(),
-            created_ms: pin.created_ms,
-            last_seen_ms: pin.last_seen_ms,
-        };
-        match self.table.put(store, &binding, now_ms) {
-            Ok(report) => ResponseAction {
-                cas_retries: report.cas_retries,
-                ..action(decision)
-            },
-            Err(e) => action(Decision::WriteFailed(e)),
+    fn max_age_s(&self, pin: &Pin, now_ms: u64) -> Option<u64> {
+        match (
+            self.settings.cookie.lifetime_type,
+            self.settings.absolute_timeout_ms,
+        ) {
+            (LifetimeType::Permanent, Some(limit)) => Some(
+                (pin.created_ms + limit)
+                    .saturating_sub(now_ms)
+                    .div_ceil(1000),
+            ),
+            _ => None,
         }
     }
 
@@ -525,7 +590,7 @@ impl Engine {
         decision: Decision,
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
-        let Some(token) = self.sealer.seal(pin, entropy) else {
+        let Some(token) = self.sealer.seal(pin, b"", entropy) else {
             return action(Decision::NoEntropy);
         };
         let name = &self.settings.session_name;
@@ -534,28 +599,15 @@ impl Engine {
                 set_header: Some((name.to_ascii_lowercase(), token)),
                 ..action(decision)
             },
-            _ => {
-                let max_age_s = match (
-                    self.settings.cookie.lifetime_type,
-                    self.settings.absolute_timeout_ms,
-                ) {
-                    (LifetimeType::Permanent, Some(limit)) => Some(
-                        (pin.created_ms + limit)
-                            .saturating_sub(now_ms)
-                            .div_ceil(1000),
-                    ),
-                    _ => None,
-                };
-                ResponseAction {
-                    set_cookie: Some(cookies::set_cookie(
-                        name,
-                        &token,
-                        &self.settings.cookie,
-                        max_age_s,
-                    )),
-                    ..action(decision)
-                }
-            }
+            _ => ResponseAction {
+                set_cookie: Some(cookies::set_cookie(
+                    name,
+                    &token,
+                    &self.settings.cookie,
+                    self.max_age_s(pin, now_ms),
+                )),
+                ..action(decision)
+            },
         }
     }
 }

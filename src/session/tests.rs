@@ -284,9 +284,10 @@ fn learn_from_application_cookie() {
     };
     let x = exchange(&e, &store, Req::default(), resp, 0);
     assert!(matches!(x.action.decision, Decision::Issued { .. }));
-    assert_eq!(
-        x.action.set_cookie, None,
-        "tether never issues the application's cookie"
+    let companion = cookie_pair(&x.action);
+    assert!(
+        companion.starts_with("tether-JSESSIONID="),
+        "tether never issues the application's cookie: {companion}"
     );
     let x = exchange(
         &e,
@@ -296,6 +297,52 @@ fn learn_from_application_cookie() {
         1,
     );
     assert_eq!(pinned_to(&x), Some(B));
+    let both = format!("JSESSIONID=abc; {companion}");
+    let x = exchange(&e, &store, cookie_req(&both), Resp::served_by(B), 1);
+    assert_eq!(
+        x.edits.cookie.as_deref(),
+        Some(&b"JSESSIONID=abc"[..]),
+        "the companion stays with tether"
+    );
+
+    // Another replica (same keys, empty table) follows the companion, and learns the binding.
+    let replica =
+        engine(r#"{"type": "learn", "learn_from": "cookie", "session_name": "JSESSIONID"}"#);
+    let other_store = FakeStore::default();
+    let x = exchange(
+        &replica,
+        &other_store,
+        cookie_req(&both),
+        Resp::served_by(B),
+        2,
+    );
+    assert_eq!(pinned_to(&x), Some(B));
+    assert!(x.state.adopted);
+    let x = exchange(
+        &replica,
+        &other_store,
+        cookie_req("JSESSIONID=abc"),
+        Resp::served_by(B),
+        3,
+    );
+    assert_eq!(pinned_to(&x), Some(B), "adopted into this replica's table");
+    // A companion does not open next to another id.
+    let stolen = format!("JSESSIONID=zzz; {companion}");
+    let x = exchange(
+        &replica,
+        &FakeStore::default(),
+        cookie_req(&stolen),
+        Resp::served_by(A),
+        4,
+    );
+    assert_eq!(x.state.found, Found::New(Miss::Unknown));
+    let x = exchange(
+        &e,
+        &store,
+        cookie_req("JSESSIONID=abc"),
+        Resp::served_by(B),
+        5,
+    );
     assert_eq!(
         x.edits.cookie, None,
         "the application's cookie reaches the application"
