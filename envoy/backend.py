@@ -4,19 +4,38 @@
 GET /healthz answers 200 (Envoy's active health check). Every other request answers 200 with a
 JSON body naming this backend and echoing the request's headers, and an `x-backend` header, so a
 person (or a test) sees which endpoint served a request and what reached it.
+A request to /login (or with the query parameter `login=NAME`) also starts an application session
+the way a servlet container does: `Set-Cookie: JSESSIONID=<id>.<backend name>; Path=/` (a random id,
+or NAME), for tether's `learn_from: cookie`. `--session-cookie` renames the cookie.
 Standard library only; HTTP/1.1 keep-alive.
 """
 import argparse
 import json
+import secrets
 import signal
 import sys
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def make_handler(name):
+def login_id(path, name):
+    """The application session id a request starts, or None (see the module's docstring)."""
+    route, _, query = path.partition("?")
+    login = urllib.parse.parse_qs(query).get("login")
+    if login and login[0]:
+        return f"{login[0]}.{name}"
+    if route == "/login":
+        return f"{secrets.token_hex(8)}.{name}"
+    return None
+
+
+def make_handler(name, session_cookie="JSESSIONID"):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "tether-demo-backend"
+        # Headers and body are two writes: without TCP_NODELAY the body waits for Envoy's
+        # delayed ACK (about 40 ms a response on a kept-alive upstream connection).
+        disable_nagle_algorithm = True
 
         def _answer(self, with_body=True):
             length = int(self.headers.get("content-length") or 0)
@@ -36,6 +55,9 @@ def make_handler(name):
             self.send_header("content-type", ctype)
             self.send_header("content-length", str(len(body)))
             self.send_header("x-backend", name)
+            session = None if self.path == "/healthz" else login_id(self.path, name)
+            if session is not None:
+                self.send_header("set-cookie", f"{session_cookie}={session}; Path=/")
             self.end_headers()
             if with_body:
                 self.wfile.write(body)
@@ -60,10 +82,12 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--session-cookie", default="JSESSIONID",
+                        help="name of the application session cookie /login sets")
     args = parser.parse_args()
     # Python's default listen backlog (5) overflows under a burst of new upstream connections.
     ThreadingHTTPServer.request_queue_size = 128
-    server = ThreadingHTTPServer((args.address, args.port), make_handler(args.name))
+    server = ThreadingHTTPServer((args.address, args.port), make_handler(args.name, args.session_cookie))
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"{args.name} listening on {args.address}:{args.port}", flush=True)

@@ -18,6 +18,8 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Longest learned id (header, query or application cookie value) tether binds.
 pub const MAX_LEARNED_LEN: usize = 512;
+/// Without an idle timeout, how often a table binding's last use is written back.
+pub const LRU_TOUCH_MS: u64 = 5_000;
 
 /// What the engine needs to read from a request. Each call may cost a host call, so the
 /// engine asks only for what its session type uses.
@@ -483,10 +485,14 @@ impl Engine {
                 return self.bind_learned(store, &[&learned], &fresh, now_ms, decision, entropy);
             }
         }
-        let due = self
-            .lifetimes()
-            .touch_interval_ms()
-            .is_some_and(|every| now_ms.saturating_sub(pin.last_seen_ms) >= every);
+        // Table bindings record use even without an idle timeout: eviction picks the least
+        // recently used, and needs to know which that is.
+        let every = match (self.lifetimes().touch_interval_ms(), self.uses_table()) {
+            (Some(every), _) => Some(every),
+            (None, true) => Some(LRU_TOUCH_MS),
+            (None, false) => None,
+        };
+        let due = every.is_some_and(|every| now_ms.saturating_sub(pin.last_seen_ms) >= every);
         let decision = Decision::Hit {
             endpoint: pin.endpoint.clone(),
             refreshed: due,
@@ -631,15 +637,18 @@ fn pin_of(b: &Binding) -> Pin {
     }
 }
 
-/// The client's address: the peer's, or with `trusted_hops` N the Nth `X-Forwarded-For`
-/// entry from the right (the one the outermost trusted proxy saw). Falls back to the peer when
-/// the header has fewer entries or a malformed one.
+/// The client's address. With `trusted_hops` 0: Envoy's downstream address (the peer, with
+/// the HTTP connection manager's `use_remote_address: true`). With N: the `X-Forwarded-For`
+/// entry N hops from the right. Envoy with `use_remote_address: true` has appended the peer as
+/// the rightmost entry (hop 0), so hop N is the address the outermost of N trusted proxies
+/// saw; entries further left are the client's to invent and never count. Falls back to the
+/// peer when the header has too few entries or a malformed one.
 pub fn client_ip(req: &mut dyn Request, trusted_hops: usize) -> Option<IpAddr> {
     if trusted_hops > 0 {
         if let Some(xff) = req.header("x-forwarded-for") {
             let from_xff = xff
                 .rsplit(|&b| b == b',')
-                .nth(trusted_hops - 1)
+                .nth(trusted_hops)
                 .and_then(|entry| parse_ip(entry.trim_ascii()));
             if from_xff.is_some() {
                 return from_xff;

@@ -439,6 +439,8 @@ fn source_ip_with_and_without_trusted_hops() {
         None
     );
 
+    // Envoy (use_remote_address: true) appended the peer: hop 0. Hop 1 is what the trusted
+    // proxy saw.
     let e = engine(r#"{"type": "source_ip", "trusted_hops": 1}"#);
     let behind = |xff: &str| Req {
         source: Some("127.0.0.1:1".into()),
@@ -447,7 +449,7 @@ fn source_ip_with_and_without_trusted_hops() {
     exchange(
         &e,
         &store,
-        behind("1.1.1.1, 203.0.113.9"),
+        behind("1.1.1.1, 203.0.113.9, 127.0.0.1"),
         Resp::served_by(A),
         0,
     );
@@ -455,7 +457,7 @@ fn source_ip_with_and_without_trusted_hops() {
         pinned_to(&exchange(
             &e,
             &store,
-            behind("6.6.6.6, 203.0.113.9"),
+            behind("6.6.6.6, 203.0.113.9, 127.0.0.1"),
             Resp::served_by(A),
             1
         )),
@@ -466,7 +468,7 @@ fn source_ip_with_and_without_trusted_hops() {
         pinned_to(&exchange(
             &e,
             &store,
-            behind("203.0.113.10"),
+            behind("203.0.113.10, 127.0.0.1"),
             Resp::served_by(B),
             2
         )),
@@ -478,18 +480,18 @@ fn source_ip_with_and_without_trusted_hops() {
 fn client_ip_parsing() {
     let mut r = Req {
         source: Some("192.0.2.1:80".into()),
-        ..Req::default().with("x-forwarded-for", "a, 198.51.100.7 ,2001:db8::1")
+        ..Req::default().with("x-forwarded-for", "a, 198.51.100.7 ,2001:db8::1, 192.0.2.1")
     };
     assert_eq!(client_ip(&mut r, 0), "192.0.2.1".parse().ok());
     assert_eq!(client_ip(&mut r, 1), "2001:db8::1".parse().ok());
     assert_eq!(client_ip(&mut r, 2), "198.51.100.7".parse().ok());
     assert_eq!(
-        client_ip(&mut r, 3),
+        client_ip(&mut r, 4),
         "192.0.2.1".parse().ok(),
         "malformed entry: the peer"
     );
     assert_eq!(
-        client_ip(&mut r, 9),
+        client_ip(&mut r, 5),
         "192.0.2.1".parse().ok(),
         "too few entries: the peer"
     );

@@ -672,10 +672,13 @@ class Client:
     them back in one `Cookie` header; attributes are parsed and kept in `last_set_cookie`.
     """
 
-    def __init__(self, port: int, fresh: bool = False, timeout: float = 10.0):
+    def __init__(self, port: int, fresh: bool = False, timeout: float = 10.0,
+                 source_ip: str | None = None):
         self.port = port
         self.fresh = fresh
         self.timeout = timeout
+        # Another loopback address (127.0.0.N) to connect from: another "client" for Envoy.
+        self.source_ip = source_ip
         self.jar: dict[str, str] = {}
         self.conn: http.client.HTTPConnection | None = None
         self.requests = 0
@@ -689,7 +692,9 @@ class Client:
     def _connection(self):
         if self.conn is None or self.fresh:
             self.close()
-            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+            self.conn = http.client.HTTPConnection(
+                HOST, self.port, timeout=self.timeout,
+                source_address=(self.source_ip, 0) if self.source_ip else None)
             self.connections += 1
         return self.conn
 

@@ -11,7 +11,9 @@ def test_idle_timeout(make_stack):
     assert first.status == 200
     value = c.jar[COOKIE]
     pinned = first.backend
-    # used every 0.5 s for 3 s (longer than the idle timeout): stays pinned, no new cookie
+    # used every 0.5 s for 3 s (longer than the idle timeout): stays pinned. The token carries
+    # its last-seen time, so tether refreshes the cookie now and then (a quarter of the idle
+    # timeout at the most often); the client keeps whatever it was last given.
     start = time.monotonic()
     n = 0
     while time.monotonic() - start < 3.0 and n < 20:
@@ -20,9 +22,8 @@ def test_idle_timeout(make_stack):
         n += 1
         assert r.status == 200
         assert r.backend == pinned, f"after {time.monotonic() - start:.1f}s moved to {r.backend}"
-        assert r.header("set-cookie") == [], (
-            f"active session re-issued after {time.monotonic() - start:.1f}s: {r.header('set-cookie')}")
     assert n >= 5
+    value = c.jar[COOKIE]
     # 3 s of silence (> 2 s idle): the session is gone
     time.sleep(3.2)
     r = c.request("/")
@@ -34,7 +35,7 @@ def test_idle_timeout(make_stack):
     r2 = c.request("/", cookie=f"{COOKIE}={value}", update_jar=False)
     assert r2.set_cookie(COOKIE) is not None and r2.set_cookie(COOKIE).value != value, r2
     r3 = c.request("/")
-    assert r3.status == 200 and r3.header("set-cookie") == [] and r3.backend == r.backend, r3
+    assert r3.status == 200 and r3.backend == r.backend, r3
 
 
 def test_absolute_timeout(make_stack):

@@ -1,0 +1,115 @@
+"""`envoy --mode validate` on the new fields: session types, keys, strict mode, limits, routes."""
+import base64
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from harness import validate_plugin_config
+
+
+def key(n=32):
+    return base64.b64encode(os.urandom(n)).decode()
+
+
+FULL = {
+    "type": "cookie", "session_name": "tether", "learn_from": "cookie", "trusted_hops": 0,
+    "keys": [key(), key()], "on_unavailable": "rebalance", "unavailable_status": 503,
+    "retry_after": "5s", "max_sessions": 100000,
+    "cookie": {"path": "/", "domain": None, "secure": False, "http_only": True,
+               "same_site": "lax", "lifetime_type": "session"},
+    "absolute_timeout": "24h", "idle_timeout": "30m",
+    "upstream": {"host_header": "x-tether-host", "cluster_header": "x-tether-cluster"},
+    "routes": {
+        "cart": {"session_name": "cart", "type": "header", "on_unavailable": "strict",
+                 "unavailable_status": 429, "retry_after": "30s"},
+        "legacy": {"type": "learn", "learn_from": "cookie", "session_name": "JSESSIONID",
+                   "max_sessions": 5000},
+        "edge": {"type": "source_ip", "trusted_hops": 2},
+        "api": {"disabled": True},
+    },
+}
+
+GOOD = {
+    "full-example": FULL,
+    "header": {"type": "header", "session_name": "X-Session"},
+    "learn-cookie": {"type": "learn", "learn_from": "cookie", "session_name": "JSESSIONID"},
+    "learn-header": {"type": "learn", "learn_from": "header", "session_name": "x-session-id"},
+    "learn-query": {"type": "learn", "learn_from": "query", "session_name": "sid"},
+    "source-ip": {"type": "source_ip"},
+    "source-ip-hops": {"type": "source_ip", "trusted_hops": 16},
+    "one-key": {"keys": [key()]},
+    "urlsafe-key": {"keys": [base64.urlsafe_b64encode(b"\xfb\xff" * 16).decode()]},
+    "strict": {"on_unavailable": "strict", "unavailable_status": 503, "retry_after": "1m"},
+    "status-bounds": {"unavailable_status": 200, "routes": {"r": {"unavailable_status": 599}}},
+    "max-sessions": {"type": "learn", "learn_from": "header", "session_name": "x-s", "max_sessions": 1000},
+    "routes-disabled-only": {"routes": {"api": {"disabled": True}}},
+    "routes-empty": {"routes": {}},
+}
+
+# (config, the field a tether log line must name)
+BAD = {
+    "type": ({"type": "bogus"}, "type"),
+    "learn-from": ({"type": "learn", "learn_from": "x"}, "learn_from"),
+    "hops-negative": ({"type": "source_ip", "trusted_hops": -1}, "trusted_hops"),
+    "hops-17": ({"type": "source_ip", "trusted_hops": 17}, "trusted_hops"),
+    "hops-string": ({"type": "source_ip", "trusted_hops": "1"}, "trusted_hops"),
+    "hops-float": ({"type": "source_ip", "trusted_hops": 1.5}, "trusted_hops"),
+    "keys-empty": ({"keys": []}, "keys"),
+    "keys-not-base64": ({"keys": ["notbase64!"]}, "keys"),
+    "keys-16-bytes": ({"keys": [key(16)]}, "keys"),
+    "keys-33-bytes": ({"keys": [key(33)]}, "keys"),
+    "keys-second-bad": ({"keys": [key(), "nope!"]}, "keys"),
+    "keys-not-list": ({"keys": key()}, "keys"),
+    "on-unavailable": ({"on_unavailable": "x"}, "on_unavailable"),
+    "status-99": ({"unavailable_status": 99}, "unavailable_status"),
+    "status-600": ({"unavailable_status": 600}, "unavailable_status"),
+    "retry-after-no-unit": ({"retry_after": "5"}, "retry_after"),
+    "max-sessions-0": ({"max_sessions": 0}, "max_sessions"),
+    "max-sessions-string": ({"max_sessions": "10"}, "max_sessions"),
+    "cluster-header-empty": ({"upstream": {"cluster_header": ""}}, "cluster_header"),
+    "upstream-unknown": ({"upstream": {"hots_header": "x"}}, "hots_header"),
+    "route-unknown-field": ({"routes": {"r": {"bogus": 1}}}, "routes.r"),
+    "route-not-object": ({"routes": {"x": 5}}, "routes.x"),
+    "route-bad-value": ({"routes": {"cart": {"type": "bogus"}}}, "routes.cart"),
+    "route-disabled-not-bool": ({"routes": {"api": {"disabled": "yes"}}}, "routes.api"),
+    "routes-not-object": ({"routes": ["cart"]}, "routes"),
+    "full-example-one-bad-field": ({**FULL, "retry_after": "soon"}, "retry_after"),
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    work = tmp_path_factory.mktemp("validate-v2")
+    cases = {("good", k): v for k, v in GOOD.items()}
+    cases.update({("bad", k): v[0] for k, v in BAD.items()})
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        futures = {k: pool.submit(validate_plugin_config, cfg, work) for k, cfg in cases.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def tether_lines(output):
+    return [line for line in output.splitlines() if "wasm log" in line]
+
+
+def tail(output, n=25):
+    return "\n".join(output.splitlines()[-n:])
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_good_config_validates(results, name):
+    code, output = results[("good", name)]
+    assert code == 0, f"good config {name!r} refused (exit {code}):\n{tail(output)}"
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_config_refused(results, name):
+    code, output = results[("bad", name)]
+    field = BAD[name][1]
+    assert code != 0, f"bad config {name!r} accepted:\n{tail(output)}"
+    lines = tether_lines(output)
+    naming = [l for l in lines if re.search(rf"(?<![\w.]){re.escape(field)}\b", l)
+              or re.search(rf"\.{re.escape(field)}\b", l)]
+    assert naming, (f"no tether log line names `{field}` for {name!r}; tether said:\n"
+                    + "\n".join(lines[-10:]))
