@@ -79,6 +79,17 @@ pub fn set_cookie(
     c.to_string()
 }
 
+/// A Set-Cookie that makes the client forget the cookie `name`.
+pub fn expired(name: &str, settings: &CookieSettings) -> String {
+    let mut c = Cookie::build((name.to_string(), String::new()))
+        .path(settings.path.clone())
+        .max_age(cookie::time::Duration::ZERO);
+    if let Some(domain) = &settings.domain {
+        c = c.domain(domain.clone());
+    }
+    c.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +165,21 @@ mod tests {
             None
         );
         assert_eq!(set_cookie_value(b"\xff", "JSESSIONID"), None);
+    }
+
+    #[test]
+    fn expiring_a_cookie() {
+        let mut s = Settings::default().cookie;
+        s.domain = Some("example.com".into());
+        let v = expired("tether", &s);
+        assert!(
+            v.starts_with("tether=;") || v.starts_with("tether=\"\";") || v.starts_with("tether="),
+            "{v}"
+        );
+        assert!(
+            v.contains("Max-Age=0") && v.contains("Path=/") && v.contains("Domain=example.com"),
+            "{v}"
+        );
     }
 
     #[test]

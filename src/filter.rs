@@ -217,6 +217,12 @@ impl Response for HostResponse {
         property_text(vec!["xds", "cluster_name"])
     }
 
+    fn status(&mut self) -> Option<u16> {
+        let bytes = hostcalls::get_property(vec!["response", "code"]).ok()??;
+        let code = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        u16::try_from(code).ok()
+    }
+
     fn set_cookies(&mut self) -> Vec<Vec<u8>> {
         hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
             .unwrap_or_default()
@@ -290,19 +296,19 @@ impl HttpContext for TetherStream {
             self.context_id, action.decision, action.cas_retries
         );
         if let Some((status, retry_after)) = action.refuse {
-            let status = status.to_string();
+            // Replace the whole response: whatever answered instead of the pinned endpoint
+            // (Envoy's own error, or another endpoint after the pinned one left the cluster)
+            // must not reach the client as the session's answer.
             let retry_after = retry_after.to_string();
-            let _ = hostcalls::set_map_value_bytes(
-                MapType::HttpResponseHeaders,
-                ":status",
-                Some(status.as_bytes()),
+            let _ = hostcalls::send_http_response(
+                u32::from(status),
+                vec![
+                    ("retry-after", retry_after.as_str()),
+                    ("content-type", "text/plain"),
+                ],
+                Some(b"session endpoint unavailable\n"),
             );
-            let _ = hostcalls::set_map_value_bytes(
-                MapType::HttpResponseHeaders,
-                "retry-after",
-                Some(retry_after.as_bytes()),
-            );
-            return Action::Continue;
+            return Action::Pause;
         }
         if let Some(set_cookie) = action.set_cookie {
             let _ = hostcalls::add_map_value_bytes(

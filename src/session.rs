@@ -39,6 +39,8 @@ pub trait Response {
     fn cluster(&mut self) -> Option<String>;
     /// Every `Set-Cookie` header of the response.
     fn set_cookies(&mut self) -> Vec<Vec<u8>>;
+    /// The response's status code.
+    fn status(&mut self) -> Option<u16>;
 }
 
 pub struct Engine {
@@ -123,6 +125,8 @@ pub enum Decision {
     Rebound { from: String, to: String },
     /// The pinned endpoint did not serve and the policy is strict: refused.
     Refused { endpoint: String },
+    /// Nothing could serve the pinned session (every try failed): it was let go.
+    Dropped { endpoint: String },
     /// No upstream answered (a local reply), or nothing identifies the session: nothing
     /// recorded.
     Unserved,
@@ -155,6 +159,9 @@ impl fmt::Display for Decision {
             Decision::Rebound { from, to } => write!(f, "decision=rebind from={from} to={to}"),
             Decision::Refused { endpoint } => {
                 write!(f, "decision=strict_refusal endpoint={endpoint}")
+            }
+            Decision::Dropped { endpoint } => {
+                write!(f, "decision=dropped endpoint={endpoint}")
             }
             Decision::Unserved => write!(f, "decision=unserved"),
             Decision::WriteFailed(e) => write!(f, "decision=write_failed error={e:?}"),
@@ -397,10 +404,10 @@ impl Engine {
         let upstream = resp.upstream();
         let strict = self.settings.on_unavailable == OnUnavailable::Strict;
         if let Found::Pinned(pin) = &state.found {
-            // In strict mode a failed attempt at the pinned endpoint names it too: only a
-            // response that really came from it counts (a host call asked only then).
-            let served_by_pin = upstream.as_deref() == Some(pin.endpoint.as_str())
-                && (!strict || resp.came_from_upstream());
+            // A failed attempt at the pinned endpoint names it too: only a response that
+            // really came from it counts.
+            let served_by_pin =
+                upstream.as_deref() == Some(pin.endpoint.as_str()) && resp.came_from_upstream();
             if served_by_pin {
                 return self.hit(store, state, pin, resp, now_ms, entropy);
             }
@@ -418,6 +425,14 @@ impl Engine {
         }
         let served = upstream.filter(|_| resp.came_from_upstream());
         let Some(served) = served else {
+            if let Found::Pinned(pin) = &state.found {
+                // Every try failed: the session's endpoint, and every retry, is down (a whole
+                // canary cluster stopped, say). Rebalancing means letting go, so the next
+                // request is load-balanced afresh instead of failing until the session expires.
+                if resp.status().is_some_and(|code| code >= 500) {
+                    return self.drop_session(store, state, pin, now_ms);
+                }
+            }
             return action(Decision::Unserved);
         };
         let cluster = if self.settings.cluster_header.is_some() {
@@ -587,6 +602,39 @@ impl Engine {
             ),
             _ => None,
         }
+    }
+
+    /// Ends a pinned session: the client's token is cleared (an expired cookie, an empty
+    /// header) and the table forgets its binding.
+    fn drop_session(
+        &self,
+        store: &dyn Store,
+        state: &RequestState,
+        pin: &Pin,
+        now_ms: u64,
+    ) -> ResponseAction {
+        let mut dropped = action(Decision::Dropped {
+            endpoint: pin.endpoint.clone(),
+        });
+        if let Some(key) = &state.key {
+            if let Ok(r) = self.table.remove(store, &key.id, &pin.endpoint, now_ms) {
+                dropped.cas_retries = r.cas_retries;
+            }
+        }
+        let cookie_name = match self.settings.session_type {
+            SessionType::Cookie => Some(self.settings.session_name.clone()),
+            _ => self.companion_name(),
+        };
+        if let Some(name) = cookie_name {
+            dropped.set_cookie = Some(cookies::expired(&name, &self.settings.cookie));
+        }
+        if self.settings.session_type == SessionType::Header {
+            dropped.set_header = Some((
+                self.settings.session_name.to_ascii_lowercase(),
+                String::new(),
+            ));
+        }
+        dropped
     }
 
     fn issue_token(

@@ -168,6 +168,19 @@ impl BindingTable {
         })
     }
 
+    /// Forgets the binding of `id` if it still points at `endpoint`.
+    pub fn remove(
+        &self,
+        store: &dyn Store,
+        id: &SessionId,
+        endpoint: &str,
+        now_ms: u64,
+    ) -> Result<WriteReport, WriteError> {
+        self.modify(store, id, now_ms, |entries| {
+            entries.retain(|b| !(b.id == *id && b.endpoint == endpoint));
+        })
+    }
+
     /// Records that the session was seen now, if it still has a binding to `endpoint`.
     pub fn touch(
         &self,
@@ -469,6 +482,22 @@ mod tests {
             t.lookup(&store, &id(1), 10_000),
             Lookup::Expired(_)
         ));
+    }
+
+    #[test]
+    fn remove_forgets_only_that_binding() {
+        let store = FakeStore::default();
+        let t = BindingTable::new("tether", 100, Lifetimes::default());
+        t.put(&store, &binding(1, "a", 0), 0).unwrap();
+        t.put(&store, &binding(2, "a", 0), 0).unwrap();
+        t.remove(&store, &id(1), "b", 1).unwrap();
+        assert!(
+            matches!(t.lookup(&store, &id(1), 1), Lookup::Live(_)),
+            "moved since: kept"
+        );
+        t.remove(&store, &id(1), "a", 1).unwrap();
+        assert_eq!(t.lookup(&store, &id(1), 1), Lookup::Unknown);
+        assert!(matches!(t.lookup(&store, &id(2), 1), Lookup::Live(_)));
     }
 
     #[test]

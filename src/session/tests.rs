@@ -36,6 +36,7 @@ impl Request for Req {
 }
 
 struct Resp {
+    status: Option<u16>,
     upstream: Option<String>,
     from_upstream: bool,
     cluster: Option<String>,
@@ -45,6 +46,7 @@ struct Resp {
 impl Resp {
     fn served_by(endpoint: &str) -> Resp {
         Resp {
+            status: Some(200),
             upstream: Some(endpoint.into()),
             from_upstream: true,
             cluster: Some("app".into()),
@@ -65,6 +67,9 @@ impl Response for Resp {
     }
     fn set_cookies(&mut self) -> Vec<Vec<u8>> {
         self.set_cookies.clone()
+    }
+    fn status(&mut self) -> Option<u16> {
+        self.status
     }
 }
 
@@ -578,4 +583,51 @@ fn no_entropy_no_token() {
     let a = e.on_response(&store, &state, &mut Resp::served_by(A), 0, &mut Broken);
     assert_eq!(a.decision, Decision::NoEntropy);
     assert_eq!(a.set_cookie, None);
+}
+
+#[test]
+fn a_session_nothing_can_serve_is_let_go() {
+    let e = engine("{}");
+    let store = FakeStore::default();
+    let pair = cookie_pair(&exchange(&e, &store, Req::default(), Resp::served_by(A), 0).action);
+    // Every try failed: Envoy's own 503.
+    let failed = Resp {
+        status: Some(503),
+        from_upstream: false,
+        ..Resp::served_by(A)
+    };
+    let x = exchange(&e, &store, cookie_req(&pair), failed, 1);
+    assert!(matches!(x.action.decision, Decision::Dropped { .. }));
+    assert!(x
+        .action
+        .set_cookie
+        .as_deref()
+        .unwrap()
+        .contains("Max-Age=0"));
+    // A local reply that is not a failure (a 404 from a direct response, say) keeps the pin.
+    let local = Resp {
+        status: Some(404),
+        from_upstream: false,
+        upstream: None,
+        ..Resp::served_by(A)
+    };
+    let x = exchange(&e, &store, cookie_req(&pair), local, 2);
+    assert_eq!(x.action.decision, Decision::Unserved);
+
+    let e = engine(r#"{"type": "learn", "learn_from": "header", "session_name": "x-sid"}"#);
+    let req = Req::default().with("x-sid", "s1");
+    exchange(&e, &store, req.clone(), Resp::served_by(A), 0);
+    let failed = Resp {
+        status: Some(503),
+        from_upstream: false,
+        ..Resp::served_by(A)
+    };
+    let x = exchange(&e, &store, req.clone(), failed, 1);
+    assert!(matches!(x.action.decision, Decision::Dropped { .. }));
+    let x = exchange(&e, &store, req, Resp::served_by(B), 2);
+    assert_eq!(
+        x.state.found,
+        Found::New(Miss::Unknown),
+        "the table forgot it"
+    );
 }
