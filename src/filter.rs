@@ -61,6 +61,9 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
+/// Set on requests of strict sessions pinned to an endpoint; owned by tether like the host header.
+const STRICT_HEADER: &str = "x-tether-strict";
+
 /// The key that seals tokens when the configuration lists none: random, made once per
 /// Envoy process and kept in shared data so that every worker uses the same one.
 const PROCESS_KEY: &str = "tether/v1/process-key";
@@ -149,7 +152,7 @@ impl RootContext for TetherRoot {
             .into_iter()
             .map(|(name, settings)| (name, settings.map(build)))
             .collect();
-        let mut owned_headers = Vec::new();
+        let mut owned_headers = vec![STRICT_HEADER.to_string()];
         for engine in std::iter::once(&default).chain(routes.iter().filter_map(|(_, e)| e.as_ref()))
         {
             let s = &engine.settings;
@@ -272,6 +275,9 @@ impl HttpContext for TetherStream {
         }
         if edits.no_retries {
             set_request_header("x-envoy-max-retries", Some(b"0"));
+            // A route matching this header can make the cluster refuse to fall back to
+            // another endpoint when the pinned one has left it (envoy/envoy.yaml shows how).
+            set_request_header(STRICT_HEADER, Some(b"1"));
         }
         self.state = Some(state);
         self.engine = Some(engine);

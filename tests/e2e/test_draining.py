@@ -174,11 +174,8 @@ def test_strict_session_on_retired_endpoint_is_refused_not_moved(topology):
     assert r.header("set-cookie") == [], r
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: override_host falls back to round robin when the pinned endpoint has "
-    "left the cluster, so with on_unavailable=strict another backend still executes the request "
-    "(tether replaces its answer with the refusal); tether cannot see cluster membership before "
-    "the request is sent"))
 def test_strict_session_on_retired_endpoint_is_not_executed_elsewhere(topology):
+    """The app-strict route (x-tether-strict, a subset no endpoint is in, NO_FALLBACK) keeps
+    override_host from falling back to another endpoint: nothing runs the refused request."""
     _, executed = _strict_on_retired_endpoint(topology)
     assert executed == 0, f"the refused POST was executed upstream {executed} time(s)"
