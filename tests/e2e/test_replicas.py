@@ -252,7 +252,7 @@ def test_source_ip_replicas_agree_through_consistent_hash(module_topology, backe
     pair = replicas_pair(module_topology, backends, then=then, plugin_config=plugin, label="srcip")
 
     def send(envoy, sid, n):
-        c = envoy.client(source=sid)
+        c = envoy.client(source_ip=sid)
         try:
             return c.request(f"/source-ip/{n}", cookie=None)
         finally:
@@ -265,7 +265,7 @@ def test_source_ip_replicas_agree_through_consistent_hash(module_topology, backe
     # hash nor tether's session key (Envoy's default would take the address from it)
     for i, source in enumerate(sources[:6]):
         for envoy in pair:
-            c = envoy.client(source=source)
+            c = envoy.client(source_ip=source)
             r = c.request("/forged-xff", cookie=None,
                           headers={"x-forwarded-for": f"198.51.100.{i + 1}"})
             c.close()

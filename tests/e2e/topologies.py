@@ -10,7 +10,6 @@ conftest.py work the same.
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 import re
 import secrets
@@ -196,25 +195,8 @@ class ShippedEnvoy(Envoy):
     def decisions(self) -> list[str]:
         return re.findall(r"tether\[\d+\]: (decision=\S+.*)", self.log())
 
-    def client(self, **kw) -> "SourceClient":
-        return SourceClient(self.port, **kw)
-
-
-class SourceClient(Client):
-    """harness.Client that can send from another loopback address (127.0.0.0/8 is all lo)."""
-
-    def __init__(self, port: int, source: str | None = None, **kw):
-        super().__init__(port, **kw)
-        self.source = source
-
-    def _connection(self):
-        if self.conn is None or self.fresh:
-            self.close()
-            self.conn = http.client.HTTPConnection(
-                HOST, self.port, timeout=self.timeout,
-                source_address=(self.source, 0) if self.source else None)
-            self.connections += 1
-        return self.conn
+    def client(self, **kw) -> Client:
+        return Client(self.port, **kw)
 
 
 class Topology:
