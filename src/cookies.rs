@@ -8,15 +8,29 @@ use cookie::Cookie;
 /// unbounded table lookups.
 pub const MAX_CANDIDATES: usize = 4;
 
+/// The `name=value` pairs of a `Cookie` header, names and values trimmed, double quotes
+/// around a value dropped. Parsed by hand, on bytes: the `cookie` crate's parser carries date
+/// parsing for `Expires` (40 KB of module) that a request's `Cookie` header never needs.
+fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|part| {
+        let eq = part.iter().position(|&b| b == b'=')?;
+        let (name, value) = part.split_at(eq);
+        let value = value.get(1..)?.trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        Some((name.trim_ascii(), value))
+    })
+}
+
 /// The values of the cookies named `name`, in the order sent, at most `MAX_CANDIDATES`. Any
 /// bytes at all are accepted: what does not parse is skipped, never an error.
 pub fn values(header: &[u8], name: &str) -> Vec<String> {
-    // Our tokens are ASCII, so a lossy reading of a non-UTF-8 header loses none of them.
-    let text = String::from_utf8_lossy(header);
-    Cookie::split_parse(text)
-        .filter_map(Result::ok)
-        .filter(|c| c.name() == name)
-        .map(|c| c.value_trimmed().to_string())
+    pairs(header)
+        .filter(|(n, _)| *n == name.as_bytes())
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .map(str::to_string)
         .take(MAX_CANDIDATES)
         .collect()
 }
@@ -42,14 +56,22 @@ pub fn without(header: &[u8], name: &str) -> Option<Vec<u8>> {
     removed.then(|| kept.join(&b"; "[..]))
 }
 
-/// The value a `Set-Cookie` header gives to the cookie `name`, unless it deletes it.
+/// The value a `Set-Cookie` header gives to the cookie `name`, unless it deletes it
+/// (`Max-Age` of zero or less, or an empty value).
 pub fn set_cookie_value(header: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(header).ok()?;
-    let c = Cookie::parse(text).ok()?;
-    let deletes = c
-        .max_age()
-        .is_some_and(|age| age.is_zero() || age.is_negative());
-    (c.name() == name && !c.value().is_empty() && !deletes).then(|| c.value_trimmed().to_string())
+    let mut parts = pairs(header);
+    let (first_name, value) = parts.next()?;
+    if first_name != name.as_bytes() || value.is_empty() {
+        return None;
+    }
+    let deletes = parts.any(|(attr, v)| {
+        attr.eq_ignore_ascii_case(b"max-age")
+            && (v.first() == Some(&b'-') || v.iter().all(|&b| b == b'0'))
+    });
+    if deletes {
+        return None;
+    }
+    std::str::from_utf8(value).ok().map(str::to_string)
 }
 
 /// The Set-Cookie value that hands `value` to the client. `max_age_s` is used only for

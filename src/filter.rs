@@ -177,6 +177,7 @@ impl RootContext for TetherRoot {
             policies,
             engine: None,
             state: None,
+            now_ms: 0,
         }))
     }
 
@@ -191,6 +192,8 @@ struct TetherStream {
     policies: Rc<Policies>,
     engine: Option<Rc<Engine>>,
     state: Option<RequestState>,
+    /// Wall clock at the request's headers, milliseconds since 1970.
+    now_ms: u64,
 }
 
 struct HostRequest;
@@ -259,7 +262,9 @@ impl HttpContext for TetherStream {
             debug!("tether[{}]: decision=disabled", self.context_id);
             return Action::Continue;
         };
-        let (state, edits) = engine.on_request(&SharedData, &mut HostRequest, now_ms());
+        // One clock read per request: the response phase reuses it (a host call saved).
+        self.now_ms = now_ms();
+        let (state, edits) = engine.on_request(&SharedData, &mut HostRequest, self.now_ms);
         let settings = &engine.settings;
         if let Some(cookie) = &edits.cookie {
             set_request_header("cookie", (!cookie.is_empty()).then_some(cookie.as_slice()));
@@ -294,7 +299,7 @@ impl HttpContext for TetherStream {
             &SharedData,
             &state,
             &mut HostResponse,
-            now_ms(),
+            self.now_ms,
             &mut SystemEntropy,
         );
         debug!(

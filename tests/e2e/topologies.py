@@ -10,6 +10,7 @@ conftest.py work the same.
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import re
 import secrets
