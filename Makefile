@@ -7,6 +7,9 @@ ENVOY := $(VENV)/bin/envoy
 TARGET := wasm32-wasip1
 WASM := target/$(TARGET)/release/tether.wasm
 ENVOY_CONFIGS := $(wildcard envoy/*.yaml)
+# Binaryen's wasm-opt (from the npm registry, into .tools/) shrinks the module after cargo.
+BINARYEN_VERSION := 132.0.0
+WASM_OPT := .tools/node_modules/.bin/wasm-opt
 
 .PHONY: all setup target build run test unit lint validate e2e clean
 
@@ -23,8 +26,13 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	@touch $@
 
-build: target
+$(WASM_OPT):
+	npm install --silent --no-audit --no-fund --prefix .tools binaryen@$(BINARYEN_VERSION)
+
+build: target $(WASM_OPT)
 	cargo build --release --target $(TARGET)
+	$(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	  --enable-mutable-globals $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
 lint: target
@@ -62,4 +70,4 @@ run: build setup
 
 clean:
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .tools
