@@ -11,7 +11,7 @@ ENVOY_CONFIGS := $(wildcard envoy/*.yaml)
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := .tools/node_modules/.bin/wasm-opt
 
-.PHONY: all setup target build run test unit lint validate e2e clean
+.PHONY: all setup target build run test unit lint validate e2e bench clean
 
 all: build
 
@@ -54,6 +54,14 @@ e2e: build setup
 	$(VPY) -m pytest -q tests/e2e
 
 test: lint unit validate e2e
+
+# Benchmark (not part of `make test`): tether's cost next to Envoy's stateful_session, the binding
+# table at scale, module size and load time. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: build setup
+	@command -v wrk >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+	$(VPY) bench/run.py $(BENCH_ARGS)
 
 run: build setup
 	@trap 'kill 0' EXIT INT TERM; \
