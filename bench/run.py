@@ -300,6 +300,10 @@ VARIANTS = {
                   plugin(type="learn", learn_from="header", session_name=LEARN_HEADER),
                   "learn-new"),
     "source-ip": ("tether source_ip", "tether", plugin(type="source_ip"), "plain"),
+    # The floor of any proxy-wasm filter here: the module is loaded and called back for every
+    # request, but tether is disabled on the route (3 host calls, no session work).
+    "wasm-floor": ("tether loaded, disabled on the route (wasm floor)", "tether",
+                   plugin(routes={"app": {"disabled": True}}), "plain"),
 }
 STICKY = {"native", "cookie", "header", "learn", "source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
@@ -760,6 +764,8 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "source_ip_vs_native": ratio("source-ip", "native"),
         "native_vs_none": ratio("native", "none"),
         "cookie_vs_none": ratio("cookie", "none"),
+        "wasm_floor_vs_native": ratio("wasm-floor", "native"),
+        "cookie_vs_wasm_floor": ratio("cookie", "wasm-floor"),
     }
     ratios["sched_returning_cookie_vs_native"] = ratio("cookie", "native", "sched_us_per_req")
     ratios["sched_new_cookie_vs_native_new"] = ratio("cookie-new", "native-new", "sched_us_per_req")
@@ -941,6 +947,13 @@ def markdown(res: dict, svg_name: str) -> str:
         bpb = sc["bytes_per_binding_largest"]
         out.append(f"| RSS per binding at {big['reached']:,} bindings | {bpb:.0f} B | ≤ "
                    f"{TARGETS['bytes_per_binding_max']} B | {_verdict(bpb, TARGETS['bytes_per_binding_max'])} |")
+    wf = r.get("wasm_floor_vs_native")
+    if wf:
+        out.append(f"| (for reference) wasm floor: tether loaded but disabled / native returning | "
+                   f"{_fmt_ratio(wf)} | | what any proxy-wasm filter costs here |")
+        cf = r.get("cookie_vs_wasm_floor")
+        out.append(f"| (for reference) tether cookie returning / wasm floor | {_fmt_ratio(cf)} | | "
+                   f"tether's own work |")
     mod = res["module"]
     out.append(f"| module size | {mod['bytes']:,} B ({mod['kib']} KiB) | ≤ {TARGETS['module_kib_max']} KiB | "
                f"{_verdict(mod['kib'], TARGETS['module_kib_max'])} |")
