@@ -27,7 +27,6 @@ BENCHMARKS.md (`--quick` writes bench/results/quick.* and leaves BENCHMARKS.md a
 from __future__ import annotations
 
 import argparse
-import atexit
 import copy
 import datetime as dt
 import hashlib
@@ -43,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -74,42 +72,16 @@ def log(msg: str):
 # --------------------------------------------------------------------------------------------
 # processes: every one this script starts is stopped, whatever happens
 
-_procs: list[subprocess.Popen] = []
-_procs_lock = threading.Lock()
+# The harness keeps the registry and stops whatever is left at exit (atexit).
 
 
 def _track(proc: subprocess.Popen) -> subprocess.Popen:
-    with _procs_lock:
-        _procs.append(proc)
+    harness._register(proc)
     return proc
 
 
 def stop_proc(proc: subprocess.Popen | None, timeout: float = 10.0):
-    if proc is None:
-        return
-    try:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-    finally:
-        with _procs_lock:
-            if proc in _procs:
-                _procs.remove(proc)
-
-
-@atexit.register
-def _stop_all():
-    with _procs_lock:
-        procs = list(_procs)
-    for proc in procs:
-        try:
-            stop_proc(proc, timeout=5.0)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+    harness.stop_process(proc, timeout=timeout)
 
 
 def _on_term(signum, frame):  # SIGTERM: unwind through every finally, then atexit
