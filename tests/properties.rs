@@ -1,0 +1,189 @@
+//! Property-based tests: arbitrary bytes reach every parser that reads what a client sends
+//! (tokens, cookies, X-Forwarded-For, query strings, plugin configuration). None may panic
+//! (a panic kills the filter's VM), and none may yield a session tether did not issue.
+
+// Test code: a failed expectation should stop the test loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+
+use proptest::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use tether::config::PluginConfig;
+use tether::cookies;
+use tether::seal::{Pin, Sealer};
+use tether::session::{client_ip, Engine, Found, Request};
+use tether::table::{Store, StoreError};
+use tether::token::{base64_decode, base64url_decode, base64url_encode, SessionId, SystemEntropy};
+
+/// Envoy's shared data, in memory.
+#[derive(Default)]
+struct MemStore(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+
+impl Store for MemStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        Ok(match self.0.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        })
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        let mut map = self.0.borrow_mut();
+        let current = map.get(key).map(|(_, c)| *c);
+        if let (Some(want), Some(have)) = (cas, current) {
+            if want != have {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        map.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+        Ok(())
+    }
+}
+
+struct Req(HashMap<String, Vec<u8>>, Option<String>);
+
+impl Request for Req {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.0.get(name).cloned()
+    }
+    fn source_address(&mut self) -> Option<String> {
+        self.1.clone()
+    }
+}
+
+fn parse_any(text: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(text).ok()?;
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))?;
+    Some(match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    })
+}
+
+fn engine(json: &str) -> Engine {
+    Engine::new(
+        PluginConfig::parse(json.as_bytes())
+            .expect("config")
+            .default,
+        [3; 32],
+    )
+}
+
+fn pin() -> Pin {
+    Pin {
+        endpoint: "127.0.0.1:8081".into(),
+        cluster: None,
+        created_ms: 1,
+        last_seen_ms: 2,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tokens_from_arbitrary_bytes_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let sealer = Sealer::new(&[[1; 32]], "tether");
+        prop_assert_eq!(sealer.open(&bytes, b""), None);
+        let _ = SessionId::decode(&bytes);
+        let _ = base64_decode(&bytes);
+    }
+
+    #[test]
+    fn any_mutation_of_a_token_is_refused(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+        let sealer = Sealer::new(&[[1; 32]], "tether");
+        let token = sealer.seal(&pin(), b"", &mut SystemEntropy).expect("seal");
+        let mut raw = base64url_decode(token.as_bytes()).expect("own token decodes");
+        let original = raw.clone();
+        for (at, byte) in edits {
+            let i = at.index(raw.len());
+            raw[i] = byte;
+        }
+        prop_assume!(raw != original);
+        prop_assert_eq!(sealer.open(base64url_encode(&raw).as_bytes(), b""), None);
+    }
+
+    #[test]
+    fn base64url_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        prop_assert_eq!(base64url_decode(base64url_encode(&bytes).as_bytes()), Some(bytes));
+    }
+
+    #[test]
+    fn cookie_parsing_takes_any_bytes(header in proptest::collection::vec(any::<u8>(), 0..2000), name in "[a-zA-Z0-9_-]{1,12}") {
+        let values = cookies::values(&header, &name);
+        prop_assert!(values.len() <= cookies::MAX_CANDIDATES);
+        if let Some(rest) = cookies::without(&header, &name) {
+            prop_assert!(cookies::values(&rest, &name).is_empty(), "our cookie left in {:?}", rest);
+        }
+        let _ = cookies::set_cookie_value(&header, &name);
+    }
+
+    #[test]
+    fn forwarded_for_takes_any_bytes(xff in proptest::collection::vec(any::<u8>(), 0..300), hops in 0usize..20, peer in "[0-9.:a-f\\[\\]]{0,30}") {
+        let mut headers = HashMap::new();
+        headers.insert("x-forwarded-for".to_string(), xff.clone());
+        let mut req = Req(headers, Some(peer));
+        if let Some(ip) = client_ip(&mut req, hops) {
+            // Whatever comes out was written in the header or is the peer's: never made up.
+            let candidates: Vec<IpAddr> = xff
+                .split(|&b| b == b',')
+                .filter_map(|e| parse_any(e.trim_ascii()))
+                .chain(req.1.as_deref().and_then(|p| parse_any(p.as_bytes())))
+                .collect();
+            prop_assert!(candidates.contains(&ip), "{} from nowhere", ip);
+        }
+    }
+
+    #[test]
+    fn configuration_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = PluginConfig::parse(&bytes);
+    }
+
+    #[test]
+    fn configuration_takes_any_json_values(
+        field in prop::sample::select(vec!["type", "session_name", "learn_from", "trusted_hops", "keys",
+            "on_unavailable", "unavailable_status", "retry_after", "max_sessions", "absolute_timeout",
+            "idle_timeout", "cookie", "upstream", "routes"]),
+        value in prop_oneof![
+            Just("null".to_string()), any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| if f.is_finite() { f.to_string() } else { "0".into() }),
+            "[ -~]{0,20}".prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+            Just("{}".to_string()), Just("[]".to_string()), Just("{\"x\":{\"disabled\":true}}".to_string()),
+        ],
+    ) {
+        let json = format!("{{\"{field}\": {value}}}");
+        let _ = PluginConfig::parse(json.as_bytes());
+    }
+
+    #[test]
+    fn no_cookie_header_yields_a_session_it_was_not_given(header in proptest::collection::vec(any::<u8>(), 0..1000)) {
+        let e = engine("{}");
+        let store = MemStore::default();
+        let mut headers = HashMap::new();
+        headers.insert("cookie".to_string(), header);
+        let (state, _) = e.on_request(&store, &mut Req(headers, None), 10);
+        prop_assert!(matches!(state.found, Found::New(_)));
+    }
+
+    #[test]
+    fn learned_ids_and_queries_take_any_bytes(value in proptest::collection::vec(any::<u8>(), 0..700)) {
+        let store = MemStore::default();
+        for json in [
+            r#"{"type": "learn", "learn_from": "header", "session_name": "x-sid"}"#,
+            r#"{"type": "learn", "learn_from": "query", "session_name": "sid"}"#,
+            r#"{"type": "learn", "learn_from": "cookie", "session_name": "JSESSIONID"}"#,
+        ] {
+            let e = engine(json);
+            let mut headers = HashMap::new();
+            for name in ["x-sid", ":path", "cookie"] {
+                headers.insert(name.to_string(), value.clone());
+            }
+            let (state, _) = e.on_request(&store, &mut Req(headers, None), 10);
+            // An empty table pins nothing, whatever the id.
+            prop_assert!(matches!(state.found, Found::New(_)));
+        }
+    }
+}
