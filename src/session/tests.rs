@@ -406,43 +406,23 @@ fn learn_from_header_and_query_bind_on_first_sight() {
 
 #[test]
 fn source_ip_with_and_without_trusted_hops() {
-    let e = engine(r#"{"type": "source_ip"}"#);
     let store = FakeStore::default();
+    // Where a request lands: the endpoint it was pinned to, if any.
+    let pinned = |e: &Engine, req: Req, served: &str, now: u64| {
+        pinned_to(&exchange(e, &store, req, Resp::served_by(served), now)).map(str::to_string)
+    };
+    let e = engine(r#"{"type": "source_ip"}"#);
     let req = |peer: &str| Req {
         source: Some(peer.into()),
         ..Req::default()
     };
-    exchange(&e, &store, req("10.0.0.1:5555"), Resp::served_by(B), 0);
+    pinned(&e, req("10.0.0.1:5555"), B, 0);
+    assert_eq!(pinned(&e, req("10.0.0.1:6666"), B, 1).as_deref(), Some(B));
     assert_eq!(
-        pinned_to(&exchange(
-            &e,
-            &store,
-            req("10.0.0.1:6666"),
-            Resp::served_by(B),
-            1
-        )),
+        pinned(&e, req("[::ffff:10.0.0.1]:7"), B, 1).as_deref(),
         Some(B)
     );
-    assert_eq!(
-        pinned_to(&exchange(
-            &e,
-            &store,
-            req("[::ffff:10.0.0.1]:7"),
-            Resp::served_by(B),
-            1
-        )),
-        Some(B)
-    );
-    assert_eq!(
-        pinned_to(&exchange(
-            &e,
-            &store,
-            req("10.0.0.2:6666"),
-            Resp::served_by(A),
-            2
-        )),
-        None
-    );
+    assert_eq!(pinned(&e, req("10.0.0.2:6666"), A, 2), None);
 
     // Envoy (use_remote_address: true) appended the peer: hop 0. Hop 1 is what the trusted
     // proxy saw.
@@ -451,34 +431,13 @@ fn source_ip_with_and_without_trusted_hops() {
         source: Some("127.0.0.1:1".into()),
         ..Req::default().with("x-forwarded-for", xff)
     };
-    exchange(
-        &e,
-        &store,
-        behind("1.1.1.1, 203.0.113.9, 127.0.0.1"),
-        Resp::served_by(A),
-        0,
-    );
+    pinned(&e, behind("1.1.1.1, 203.0.113.9, 127.0.0.1"), A, 0);
     assert_eq!(
-        pinned_to(&exchange(
-            &e,
-            &store,
-            behind("6.6.6.6, 203.0.113.9, 127.0.0.1"),
-            Resp::served_by(A),
-            1
-        )),
+        pinned(&e, behind("6.6.6.6, 203.0.113.9, 127.0.0.1"), A, 1).as_deref(),
         Some(A),
         "spoofed left entries do not matter"
     );
-    assert_eq!(
-        pinned_to(&exchange(
-            &e,
-            &store,
-            behind("203.0.113.10, 127.0.0.1"),
-            Resp::served_by(B),
-            2
-        )),
-        None
-    );
+    assert_eq!(pinned(&e, behind("203.0.113.10, 127.0.0.1"), B, 2), None);
 }
 
 #[test]

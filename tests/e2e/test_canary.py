@@ -13,7 +13,7 @@ import json
 import pytest
 
 from harness import COOKIE
-from topologies import module_topology, plugin, route, shipped, with_endpoints  # noqa: F401 - fixture
+from topologies import module_topology, new_sessions, plugin, route, shipped, with_endpoints  # noqa: F401 - fixture
 
 STABLE, CANARY = "app-stable", "app-canary"
 KEY = "routing.traffic_split.app"
@@ -75,13 +75,7 @@ def test_sessions_keep_cluster_and_endpoint_when_the_split_changes(canary):
 
     # the canary gets no new traffic from now on
     split(envoy, 100, 0)
-    fresh = collections.Counter()
-    for _ in range(20):
-        c = envoy.client()
-        r = c.request("/after-split")
-        assert r.status == 200 and r.set_cookie(COOKIE) is not None, r
-        fresh[r.backend] += 1
-        c.close()
+    fresh = new_sessions(envoy, 20, "/after-split")
     assert set(fresh) == {"stable-1", "stable-2"}, f"new sessions with canary weight 0: {dict(fresh)}"
     # ...but sessions already on the canary keep it, and their endpoint
     for idx, (c, backend) in enumerate(sessions):

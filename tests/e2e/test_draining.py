@@ -14,7 +14,7 @@ import yaml
 
 import harness
 from harness import COOKIE, HOST
-from topologies import cluster, shipped, topology, write_atomically  # noqa: F401 - fixture
+from topologies import cluster, new_sessions, shipped, topology, write_atomically  # noqa: F401 - fixture
 
 EDS = "eds/app.yaml"
 
@@ -92,13 +92,7 @@ def test_draining_keeps_sessions_and_removal_moves_them(drain_env):
             assert r.status == 200 and r.backend == backend, (
                 f"session on {backend} reached {r.backend} while {victim.name} drains")
             assert r.header("set-cookie") == [], r
-    fresh = collections.Counter()
-    for _ in range(15):
-        c = envoy.client()
-        r = c.request("/new-while-draining")
-        assert r.status == 200 and r.set_cookie(COOKIE) is not None, r
-        fresh[r.backend] += 1
-        c.close()
+    fresh = new_sessions(envoy, 15, "/new-while-draining")
     assert victim.name not in fresh, f"a DRAINING endpoint got new sessions: {dict(fresh)}"
     assert set(fresh) == {"backend-1", "backend-3"}, dict(fresh)
 

@@ -10,6 +10,7 @@ conftest.py work the same.
 from __future__ import annotations
 
 import base64
+import collections
 import http.client
 import os
 import re
@@ -305,6 +306,20 @@ def with_endpoints(ports_by_cluster: dict[str, list[int]], then=None):
             then(cfg, envoy)
 
     return build
+
+
+def new_sessions(envoy: ShippedEnvoy, n: int, path: str) -> "collections.Counter[str]":
+    """`n` clients without a cookie: where their new sessions land (each must get a cookie)."""
+    landed = collections.Counter()
+    for _ in range(n):
+        c = envoy.client()
+        try:
+            r = c.request(path)
+        finally:
+            c.close()
+        assert r.status == 200 and r.set_cookie(harness.COOKIE) is not None, r
+        landed[r.backend] += 1
+    return landed
 
 
 def count_decisions(envoy: ShippedEnvoy, kind: str) -> int:
