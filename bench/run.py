@@ -224,7 +224,8 @@ def _http_filters(cfg: dict) -> list:
     return hcm["typed_config"]["http_filters"]
 
 
-def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_ports: list[int]) -> dict:
+def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_ports: list[int],
+                 wasm_path: Path | None = None) -> dict:
     """envoy/envoy.yaml as shipped, only the HTTP filter changed (none / native / tether)."""
 
     def mutate(cfg):
@@ -240,7 +241,7 @@ def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_p
     return harness.build_config(admin_port=admin_port, listener_port=port,
                                 backend_ports=backend_ports,
                                 plugin_config=plugin if filter_kind == "tether" else harness.SHIPPED,
-                                mutate=mutate)
+                                wasm_path=wasm_path, mutate=mutate)
 
 
 BASE_PLUGIN = {"absolute_timeout": "24h", "idle_timeout": "30m",
@@ -429,12 +430,13 @@ class Bench:
             if status != 200:
                 raise RuntimeError(f"backend port {p} answered {status}")
 
-    def start_front(self, name: str, kind: str, plugin_cfg) -> tuple[EnvoyProc, int]:
+    def start_front(self, name: str, kind: str, plugin_cfg,
+                    wasm_path: Path | None = None) -> tuple[EnvoyProc, int]:
         """A front Envoy, ready, its endpoints healthy. A second try (new ports) if the first
         start fails: the machine is shared, a port handed out may be taken meanwhile."""
         for attempt in (1, 2):
             admin, port = harness.free_port(), harness.free_port()
-            cfg = front_config(kind, plugin_cfg, admin, port, self.backend_ports)
+            cfg = front_config(kind, plugin_cfg, admin, port, self.backend_ports, wasm_path)
             envoy = EnvoyProc(self.workdir, f"{name}-{attempt}", cfg, admin, FRONT_CONCURRENCY)
             try:
                 envoy.start()
@@ -450,7 +452,8 @@ class Bench:
     # one variant, one round: start, check, warm up, measure, stop
     def run_variant(self, key: str, rnd: int) -> dict:
         label, kind, plugin_cfg, shape = VARIANTS[key]
-        envoy, port = self.start_front(f"front-{key}-r{rnd}", kind, plugin_cfg)
+        alt = self.args.alt_module if key.endswith("@alt") else self.args.module
+        envoy, port = self.start_front(f"front-{key.replace('@', '-')}-r{rnd}", kind, plugin_cfg, alt)
         try:
             headers, ids, warm_ids, check = self.prepare(key, shape, port, rnd)
             if key not in self.checks:
@@ -513,12 +516,12 @@ class Bench:
                 ids = (LEARN_HEADER, f"new-r{rnd}-%d", 10**9, n, 1, 0)
                 warm_ids = (LEARN_HEADER, f"warm-r{rnd}-%d", 10**9, max(1, self.args.warmup), 1, 0)
                 check = self.spread_check(c, [[(LEARN_HEADER, f"probe-r{rnd}-{i}")] for i in range(12)])
-            elif key == "source-ip":
+            elif key.split("@")[0] == "source-ip":
                 first = c.request("/", cookie=None)
                 check = self.pin_check(c, first=first.backend, headers=[])
             else:  # plain: none, native-new, cookie-new
                 check = self.spread_check(c, [[] for _ in range(12)])
-                if key in ("cookie-new", "native-new"):
+                if key.split("@")[0] in ("cookie-new", "native-new"):
                     r = c.request("/", cookie=None)
                     name = "native" if key == "native-new" else harness.COOKIE
                     check["set_cookie_each_response"] = r.set_cookie(name) is not None
@@ -547,7 +550,7 @@ class Bench:
         return {"ok": ok, "kind": "spread", "backends": sorted(set(backends))}
 
     def variant_rounds(self) -> dict:
-        keys = list(VARIANTS)
+        keys = [k for k in VARIANTS if not self.args.only or k.split("@")[0] in self.args.only]
         runs: dict[str, list] = {k: [] for k in keys}
         # a throwaway run first: the backend Envoy, the page cache and the CPU warm up here,
         # not in whichever variant happens to come first
@@ -1087,6 +1090,12 @@ def parse_args(argv=None):
     p.add_argument("--fill-budget", type=float, help="seconds at most to fill all table sizes")
     p.add_argument("--load-starts", type=int, help="alternating starts for the load time")
     p.add_argument("--no-scale", action="store_true")
+    p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x],
+                   help="run only these variants, e.g. native,cookie,wasm-floor")
+    p.add_argument("--module", type=lambda s: Path(s).resolve(), metavar="WASM",
+                   help="the module of the tether variants (default: the built one)")
+    p.add_argument("--alt-module", type=Path, metavar="WASM",
+                   help="A/B: also run the tether variants with this module (keys KEY@alt)")
     p.add_argument("--render", metavar="JSON", help="only redo the SVG and Markdown from a results JSON")
     a = p.parse_args(argv)
     q = a.quick
@@ -1123,6 +1132,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
         return render(Path(args.render))
+    if args.alt_module:
+        # A/B of two module builds side by side: every tether variant also runs with the other
+        # module, in the same rounds (results in quick.*; BENCHMARKS.md is left alone).
+        args.quick = True
+        args.alt_module = args.alt_module.resolve()
+        for key, (label, kind, cfg, shape) in list(VARIANTS.items()):
+            if kind == "tether":
+                VARIANTS[f"{key}@alt"] = (f"{label} [{args.alt_module.name}]", kind, cfg, shape)
+                if key in STICKY:
+                    STICKY.add(f"{key}@alt")
     signal.signal(signal.SIGTERM, _on_term)
     started = time.monotonic()
     if not harness.WASM.exists():

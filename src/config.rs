@@ -699,6 +699,8 @@ pub fn parse_duration_ms(field: &str, text: &str) -> Result<u64, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn parse(json: &str) -> Result<Settings, ConfigError> {
         Settings::parse(json.as_bytes())

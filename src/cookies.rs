@@ -116,6 +116,8 @@ pub fn expired(name: &str, settings: &CookieSettings) -> String {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn finds_our_cookie_among_others() {

@@ -6,21 +6,25 @@
 //! VM for every later request on this worker.
 
 use crate::config::{PluginConfig, Settings, KEY_LEN};
+use crate::metrics::{Kind, Metric, Tally};
 use crate::session::{Engine, Request, RequestState, Response};
 use crate::table::{Store, StoreError};
 use crate::token::{Entropy, SystemEntropy};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 // The SDK's entry-point macro runs the WASI constructors in an unsafe block.
 #[allow(unsafe_code)]
 mod entry {
     use super::*;
     proxy_wasm::main! {{
+        // Until the host's level is read (on_configure): every line reaches Envoy, which
+        // filters it.
         proxy_wasm::set_log_level(LogLevel::Trace);
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TetherRoot { policies: None }) });
     }}
@@ -59,6 +63,62 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+}
+
+/// How often each worker hands its tally to Envoy's stats and re-reads Envoy's log level.
+const TICK: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This worker's metric changes not yet handed to Envoy (one VM per worker thread).
+    static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+    /// Envoy's ids of the metrics, defined once per VM.
+    static METRIC_IDS: RefCell<Vec<(Metric, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn count(f: impl FnOnce(&mut Tally)) {
+    TALLY.with(|t| f(&mut t.borrow_mut()));
+}
+
+fn define_metrics() {
+    METRIC_IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if !ids.is_empty() {
+            return;
+        }
+        for m in Metric::ALL {
+            let kind = match m.kind() {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            match hostcalls::define_metric(kind, m.name()) {
+                Ok(id) => ids.push((m, id)),
+                Err(e) => warn!("tether: cannot define metric {}: {e:?}", m.name()),
+            }
+        }
+    });
+}
+
+/// Hands this worker's tally to Envoy: one host call per metric that changed.
+fn flush_metrics() {
+    let deltas: Vec<(Metric, i64)> = TALLY.with(|t| t.borrow_mut().drain().collect());
+    if deltas.is_empty() {
+        return;
+    }
+    METRIC_IDS.with(|ids| {
+        let ids = ids.borrow();
+        for (metric, delta) in deltas {
+            if let Some((_, id)) = ids.iter().find(|(m, _)| *m == metric) {
+                let _ = hostcalls::increment_metric(*id, delta);
+            }
+        }
+    });
+}
+
+/// Envoy's level for the `wasm` log component: lines below it are not even formatted.
+fn follow_host_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
 }
 
 /// Set on requests of strict sessions pinned to an endpoint; owned by tether like the host header.
@@ -112,6 +172,7 @@ impl Context for TetherRoot {}
 
 impl RootContext for TetherRoot {
     fn on_configure(&mut self, size: usize) -> bool {
+        follow_host_log_level();
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
             Ok(b) => b.unwrap_or_default(),
             Err(status) => {
@@ -167,7 +228,16 @@ impl RootContext for TetherRoot {
             routes,
             owned_headers,
         }));
+        define_metrics();
+        if hostcalls::set_tick_period(TICK).is_err() {
+            warn!("tether: no timer: metrics will not reach Envoy's stats");
+        }
         true
+    }
+
+    fn on_tick(&mut self) {
+        follow_host_log_level();
+        flush_metrics();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -224,9 +294,10 @@ impl Response for HostResponse {
     }
 
     fn status(&mut self) -> Option<u16> {
-        let bytes = hostcalls::get_property(vec!["response", "code"]).ok()??;
-        let code = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-        u16::try_from(code).ok()
+        // The `:status` header: a header read is cheaper than the `response.code` property.
+        let bytes =
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok()??;
+        std::str::from_utf8(&bytes).ok()?.parse().ok()
     }
 
     fn set_cookies(&mut self) -> Vec<Vec<u8>> {
@@ -252,6 +323,7 @@ impl HttpContext for TetherStream {
         for name in &self.policies.owned_headers {
             if request_header(name).is_some() {
                 let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                count(|t| t.add(Metric::ForgedHeadersRemoved, 1));
                 debug!(
                     "tether[{}]: removed a client-sent {name} header",
                     self.context_id
@@ -266,6 +338,7 @@ impl HttpContext for TetherStream {
         self.now_ms = now_ms();
         let (state, edits) = engine.on_request(&SharedData, &mut HostRequest, self.now_ms);
         let settings = &engine.settings;
+        count(|t| t.request(settings.session_type, &state.found));
         if let Some(cookie) = &edits.cookie {
             set_request_header("cookie", (!cookie.is_empty()).then_some(cookie.as_slice()));
         }
@@ -302,6 +375,7 @@ impl HttpContext for TetherStream {
             self.now_ms,
             &mut SystemEntropy,
         );
+        count(|t| t.response(&action));
         debug!(
             "tether[{}]: {} cas_retries={}",
             self.context_id, action.decision, action.cas_retries

@@ -151,6 +151,8 @@ fn string(bytes: &[u8]) -> Option<(String, &[u8])> {
 mod tests {
     use super::*;
     use crate::token::SystemEntropy;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn pin() -> Pin {
         Pin {

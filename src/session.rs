@@ -11,7 +11,7 @@
 use crate::config::{LearnFrom, LifetimeType, OnUnavailable, SessionType, Settings, KEY_LEN};
 use crate::cookies;
 use crate::seal::{Pin, Sealer};
-use crate::table::{Binding, BindingTable, Lifetimes, Lookup, Store, WriteError};
+use crate::table::{Binding, BindingTable, Lifetimes, Lookup, Store, WriteError, WriteReport};
 use crate::token::{Entropy, SessionId, ID_LEN};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -112,7 +112,18 @@ pub struct ResponseAction {
     pub set_header: Option<(String, String)>,
     /// Strict refusal: answer with this status and `Retry-After` seconds instead.
     pub refuse: Option<(u16, u64)>,
+    /// Binding table writes: CAS races lost, live bindings evicted, change in bindings held.
     pub cas_retries: usize,
+    pub evictions: usize,
+    pub bindings_delta: i64,
+}
+
+impl ResponseAction {
+    fn record(&mut self, r: &WriteReport) {
+        self.cas_retries += r.cas_retries;
+        self.evictions += usize::from(r.evicted_live);
+        self.bindings_delta += r.bindings_delta;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,9 +416,11 @@ impl Engine {
         let strict = self.settings.on_unavailable == OnUnavailable::Strict;
         if let Found::Pinned(pin) = &state.found {
             // A failed attempt at the pinned endpoint names it too: only a response that
-            // really came from it counts.
-            let served_by_pin =
-                upstream.as_deref() == Some(pin.endpoint.as_str()) && resp.came_from_upstream();
+            // really came from it counts. Envoy's own replies after a failed attempt are
+            // 5xx, so below 500 the cheap status answers and `came_from_upstream` (a costlier
+            // host call) is asked only for 5xx.
+            let served_by_pin = upstream.as_deref() == Some(pin.endpoint.as_str())
+                && (resp.status().is_some_and(|code| code < 500) || resp.came_from_upstream());
             if served_by_pin {
                 return self.hit(store, state, pin, resp, now_ms, entropy);
             }
@@ -507,7 +520,11 @@ impl Engine {
             (None, true) => Some(LRU_TOUCH_MS),
             (None, false) => None,
         };
-        let due = every.is_some_and(|every| now_ms.saturating_sub(pin.last_seen_ms) >= every);
+        // A table binding's first return is always recorded: eviction keeps sessions that
+        // came back ahead of ids seen once (a flood of new clients), whatever the interval.
+        let first_return = self.uses_table() && pin.last_seen_ms <= pin.created_ms;
+        let due = first_return
+            || every.is_some_and(|every| now_ms.saturating_sub(pin.last_seen_ms) >= every);
         let decision = Decision::Hit {
             endpoint: pin.endpoint.clone(),
             refreshed: due,
@@ -527,14 +544,11 @@ impl Engine {
             }
             Some(key) => {
                 // A lost touch only shortens the session by one interval: no retry storm.
-                let cas_retries = self
-                    .table
-                    .touch(store, &key.id, &pin.endpoint, now_ms)
-                    .map_or(0, |r| r.cas_retries);
-                ResponseAction {
-                    cas_retries,
-                    ..action(decision)
+                let mut hit = action(decision);
+                if let Ok(r) = self.table.touch(store, &key.id, &pin.endpoint, now_ms) {
+                    hit.record(&r);
                 }
+                hit
             }
             None => self.issue_token(&refreshed, now_ms, decision, entropy),
         }
@@ -573,7 +587,7 @@ impl Engine {
                 last_seen_ms: pin.last_seen_ms,
             };
             match self.table.put(store, &binding, now_ms) {
-                Ok(report) => total.cas_retries += report.cas_retries,
+                Ok(report) => total.record(&report),
                 Err(e) => return action(Decision::WriteFailed(e)),
             }
         }
@@ -618,7 +632,7 @@ impl Engine {
         });
         if let Some(key) = &state.key {
             if let Ok(r) = self.table.remove(store, &key.id, &pin.endpoint, now_ms) {
-                dropped.cas_retries = r.cas_retries;
+                dropped.record(&r);
             }
         }
         let cookie_name = match self.settings.session_type {
@@ -666,13 +680,16 @@ impl Engine {
     }
 }
 
-fn action(decision: Decision) -> ResponseAction {
+/// A response action that only reports `decision`.
+pub(crate) fn action(decision: Decision) -> ResponseAction {
     ResponseAction {
         decision,
         set_cookie: None,
         set_header: None,
         refuse: None,
         cas_retries: 0,
+        evictions: 0,
+        bindings_delta: 0,
     }
 }
 

@@ -49,6 +49,14 @@ pub struct Binding {
     pub last_seen_ms: u64,
 }
 
+impl Binding {
+    /// Whether the session came back after the request that bound it: a use after its
+    /// creation was recorded (the first return always is, see `session`).
+    pub fn returned(&self) -> bool {
+        self.last_seen_ms > self.created_ms
+    }
+}
+
 /// A session's lifetimes, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lifetimes {
@@ -83,6 +91,9 @@ pub struct WriteReport {
     pub cas_retries: usize,
     /// A live binding was pushed out to make room.
     pub evicted_live: bool,
+    /// Bindings in the bucket after the write minus before (new ids in, expired and evicted
+    /// ones out): what the write changed in the table's size.
+    pub bindings_delta: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,18 +229,14 @@ impl BindingTable {
                 return Ok(WriteReport {
                     cas_retries: attempt,
                     evicted_live: false,
+                    bindings_delta: 0,
                 });
             }
             entries.retain(|b| b.id == *id || !self.lifetimes.is_expired(b, now_ms));
             let mut evicted_live = false;
             while entries.len() > SLOTS_PER_BUCKET {
-                let oldest = entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.id != *id)
-                    .min_by_key(|(_, b)| b.last_seen_ms)
-                    .map(|(i, _)| i);
-                match oldest {
+                let victim = victim(&entries, id);
+                match victim {
                     Some(i) => {
                         entries.remove(i);
                         evicted_live = true;
@@ -242,6 +249,7 @@ impl BindingTable {
                     return Ok(WriteReport {
                         cas_retries: attempt,
                         evicted_live,
+                        bindings_delta: len_i64(entries.len()) - len_i64(before.len()),
                     })
                 }
                 Err(StoreError::CasMismatch) => continue,
@@ -250,6 +258,45 @@ impl BindingTable {
         }
         Err(WriteError::Contended)
     }
+}
+
+/// At most this many bindings of a bucket are protected from eviction: those that came back
+/// after their first request, most recently seen first (a segmented LRU). The rest of the
+/// bucket takes the new sessions, so a flood of one-request clients cycles through those
+/// slots and never reaches the protected ones, and new sessions always find room.
+pub const PROTECTED_PER_BUCKET: usize = SLOTS_PER_BUCKET / 2;
+
+/// The binding to evict from an overfull bucket (never `keep`, the one being written): the
+/// least recently seen of the unprotected, else of the protected.
+fn victim(entries: &[Binding], keep: &SessionId) -> Option<usize> {
+    // Protected: came back, and fewer than PROTECTED_PER_BUCKET of those that came back were
+    // seen more recently (ties by position). A bucket holds at most 9 here: no sort needed.
+    let protected = |i: usize, b: &Binding| {
+        b.returned()
+            && entries
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| {
+                    o.returned()
+                        && (o.last_seen_ms > b.last_seen_ms
+                            || (o.last_seen_ms == b.last_seen_ms && *j < i))
+                })
+                .count()
+                < PROTECTED_PER_BUCKET
+    };
+    let oldest = |unprotected: bool| {
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| b.id != *keep && protected(*i, b) != unprotected)
+            .min_by_key(|(_, b)| b.last_seen_ms)
+            .map(|(i, _)| i)
+    };
+    oldest(true).or_else(|| oldest(false))
+}
+
+fn len_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +432,8 @@ pub mod fake {
 mod tests {
     use super::fake::FakeStore;
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn id(n: u8) -> SessionId {
         SessionId([n; ID_LEN])
@@ -495,7 +544,8 @@ mod tests {
             matches!(t.lookup(&store, &id(1), 1), Lookup::Live(_)),
             "moved since: kept"
         );
-        t.remove(&store, &id(1), "a", 1).unwrap();
+        let r = t.remove(&store, &id(1), "a", 1).unwrap();
+        assert_eq!(r.bindings_delta, -1);
         assert_eq!(t.lookup(&store, &id(1), 1), Lookup::Unknown);
         assert!(matches!(t.lookup(&store, &id(2), 1), Lookup::Live(_)));
     }
@@ -539,16 +589,22 @@ mod tests {
             t.put(&store, &b, t_ms).unwrap()
         };
         // Slot 0 is old enough to be expired at t=5000; the others are fresh.
-        put(0, 0);
+        let mut held = put(0, 0).bindings_delta;
+        assert_eq!(held, 1, "a new id adds a binding");
         for i in 1..SLOTS_PER_BUCKET {
-            put(i, 4_500 + i as u64);
+            held += put(i, 4_500 + i as u64).bindings_delta;
         }
+        assert_eq!(put(1, 4_501).bindings_delta, 0, "rewriting an id adds none");
         let r = put(SLOTS_PER_BUCKET, 5_000);
+        held += r.bindings_delta;
         assert!(!r.evicted_live, "an expired binding made the room");
         assert_eq!(t.lookup(&store, &ids[0], 5_000), Lookup::Unknown);
         // Now full of live ones: the least recently seen (slot 1) goes.
         let r = put(SLOTS_PER_BUCKET + 1, 5_100);
         assert!(r.evicted_live);
+        assert_eq!(r.bindings_delta, 0, "one in, one evicted");
+        // The deltas add up to what the bucket holds: a full one.
+        assert_eq!(held, SLOTS_PER_BUCKET as i64);
         assert_eq!(t.lookup(&store, &ids[1], 5_100), Lookup::Unknown);
         for (i, live) in ids.iter().enumerate().skip(2) {
             assert!(
@@ -556,6 +612,45 @@ mod tests {
                 "slot {i}"
             );
         }
+    }
+
+    #[test]
+    fn sessions_that_came_back_are_protected_from_new_ones_up_to_half_a_bucket() {
+        let store = FakeStore::default();
+        let t = BindingTable::new("tether", 1000, Lifetimes::default());
+        let ids = colliding_ids(&t, SLOTS_PER_BUCKET + 6);
+        let put = |i: usize, created: u64, seen: u64| {
+            let b = Binding {
+                id: ids[i],
+                endpoint: format!("e{i}"),
+                cluster: None,
+                created_ms: created,
+                last_seen_ms: seen,
+            };
+            t.put(&store, &b, seen).unwrap()
+        };
+        let live = |i: usize| matches!(t.lookup(&store, &ids[i], 10_000), Lookup::Live(_));
+        // A full bucket of sessions that came back (seen after their creation).
+        for i in 0..SLOTS_PER_BUCKET {
+            put(i, 0, 100 + i as u64);
+        }
+        // Six one-request clients, each more recent than every one of them.
+        for j in 0..6 {
+            let r = put(SLOTS_PER_BUCKET + j, 1_000 + j as u64, 1_000 + j as u64);
+            assert!(r.evicted_live);
+            assert!(
+                live(SLOTS_PER_BUCKET + j),
+                "a new session always finds room"
+            );
+        }
+        // The most recent half of those that came back stayed; the others made room.
+        let protected = SLOTS_PER_BUCKET - PROTECTED_PER_BUCKET;
+        for i in 0..SLOTS_PER_BUCKET {
+            assert_eq!(live(i), i >= protected, "returned binding {i}");
+        }
+        // The newcomers share the other half: the most recent of them are held.
+        let held: Vec<bool> = (0..6).map(|j| live(SLOTS_PER_BUCKET + j)).collect();
+        assert_eq!(held, [false, false, true, true, true, true]);
     }
 
     #[test]

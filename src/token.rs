@@ -1,8 +1,9 @@
-//! Session tokens: what the client carries.
+//! Byte codecs and session ids, free of any host.
 //!
-//! A token is 128 random bits, written as 22 characters of unpadded base64url. It says nothing
-//! about the endpoint (that lives only in the binding table inside Envoy), and a client cannot
-//! make one up: a value the filter never issued finds no binding and is treated as no session.
+//! The tokens clients carry are sealed pins (`seal`), written in unpadded base64url (this
+//! module's codec). A `SessionId` is the 128-bit key of a binding in the table (`table`): a
+//! salted hash of a learned id or client address, never shown to clients. Entropy (for the
+//! nonces of sealed tokens) comes through the `Entropy` trait.
 
 use std::fmt;
 
@@ -27,9 +28,12 @@ pub trait Entropy {
     fn fill(&mut self, buf: &mut [u8]) -> bool;
 }
 
-/// The operating system's (WASI `random_get` inside Envoy).
+/// The operating system's (WASI `random_get` inside Envoy). wasm32-unknown-unknown has none:
+/// there it exists only in tests, which take Node's `crypto.getRandomValues`.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_os = "unknown"))))]
 pub struct SystemEntropy;
 
+#[cfg(any(test, not(all(target_arch = "wasm32", target_os = "unknown"))))]
 impl Entropy for SystemEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> bool {
         getrandom::fill(buf).is_ok()
@@ -139,6 +143,8 @@ impl SessionId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     struct Counter(u8);
     impl Entropy for Counter {

@@ -2,6 +2,8 @@
 //! (tokens, cookies, X-Forwarded-For, query strings, plugin configuration). None may panic
 //! (a panic kills the filter's VM), and none may yield a session tether did not issue.
 
+// proptest is native only; the wasm32 test build (`make unit-wasm`) runs the unit tests.
+#![cfg(not(target_arch = "wasm32"))]
 // Test code: a failed expectation should stop the test loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 

@@ -3,6 +3,8 @@ use crate::config::PluginConfig;
 use crate::table::fake::FakeStore;
 use crate::token::SystemEntropy;
 use std::collections::HashMap;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const A: &str = "127.0.0.1:8081";
 const B: &str = "127.0.0.1:8082";
@@ -244,8 +246,9 @@ fn strict_refuses_instead_of_moving() {
     let x = exchange(&e, &store, cookie_req(&pair), Resp::served_by(A), 1);
     assert!(x.edits.no_retries);
     assert!(matches!(x.action.decision, Decision::Hit { .. }));
-    // The attempt at A failed: Envoy names A but the reply is its own.
+    // The attempt at A failed: Envoy names A but the reply is its own (always a 5xx).
     let failed = Resp {
+        status: Some(503),
         from_upstream: false,
         ..Resp::served_by(A)
     };
@@ -545,6 +548,30 @@ fn no_entropy_no_token() {
 }
 
 #[test]
+fn the_pinned_endpoints_own_5xx_is_still_a_hit() {
+    let e = engine("{}");
+    let store = FakeStore::default();
+    let pair = cookie_pair(&exchange(&e, &store, Req::default(), Resp::served_by(A), 0).action);
+    let own = Resp {
+        status: Some(503),
+        ..Resp::served_by(A)
+    };
+    let x = exchange(&e, &store, cookie_req(&pair), own, 1);
+    assert!(
+        matches!(x.action.decision, Decision::Hit { .. }),
+        "{:?}",
+        x.action.decision
+    );
+    // Below 500 the status alone says the endpoint answered: its own 404 is a hit too.
+    let not_found = Resp {
+        status: Some(404),
+        ..Resp::served_by(A)
+    };
+    let x = exchange(&e, &store, cookie_req(&pair), not_found, 2);
+    assert!(matches!(x.action.decision, Decision::Hit { .. }));
+}
+
+#[test]
 fn a_session_nothing_can_serve_is_let_go() {
     let e = engine("{}");
     let store = FakeStore::default();
@@ -589,4 +616,58 @@ fn a_session_nothing_can_serve_is_let_go() {
         Found::New(Miss::Unknown),
         "the table forgot it"
     );
+}
+
+#[test]
+fn a_flood_of_new_ids_does_not_evict_sessions_that_came_back() {
+    // One bucket of 8 slots. The active session is used every 200 ms, each time followed by a
+    // never-seen id: more new ids than slots within LRU_TOUCH_MS.
+    let e = engine(
+        r#"{"type": "learn", "learn_from": "header", "session_name": "x-sid", "max_sessions": 8}"#,
+    );
+    let store = FakeStore::default();
+    let active = || Req::default().with("x-sid", "active");
+    let first = exchange(&e, &store, active(), Resp::served_by(A), 0);
+    assert!(matches!(first.action.decision, Decision::Issued { .. }));
+    let mut t = 0;
+    for i in 0..(2 * crate::table::SLOTS_PER_BUCKET) {
+        t += 200;
+        let x = exchange(&e, &store, active(), Resp::served_by(A), t);
+        assert!(
+            matches!(x.action.decision, Decision::Hit { .. }),
+            "round {i}: the active session lost its binding: {:?}",
+            x.action.decision
+        );
+        let new = Req::default().with("x-sid", &format!("flood-{i}"));
+        let x = exchange(&e, &store, new, Resp::served_by(B), t + 1);
+        assert!(matches!(x.action.decision, Decision::Issued { .. }));
+    }
+}
+
+#[test]
+fn the_first_return_of_a_table_binding_is_written_back_at_once() {
+    let e = engine(r#"{"type": "learn", "learn_from": "header", "session_name": "x-sid"}"#);
+    let store = FakeStore::default();
+    let req = || Req::default().with("x-sid", "s1");
+    exchange(&e, &store, req(), Resp::served_by(A), 1_000);
+    let after_bind = store.sets.get();
+    // Well within LRU_TOUCH_MS: the first return is recorded, the second is not.
+    exchange(&e, &store, req(), Resp::served_by(A), 1_010);
+    assert_eq!(store.sets.get(), after_bind + 1, "first return written");
+    exchange(&e, &store, req(), Resp::served_by(A), 1_020);
+    assert_eq!(
+        store.sets.get(),
+        after_bind + 1,
+        "later returns wait for the interval"
+    );
+    // Cookie sessions store nothing, first return or not.
+    let c = engine("{}");
+    let s2 = FakeStore::default();
+    let pair = cookie_pair(&exchange(&c, &s2, Req::default(), Resp::served_by(A), 0).action);
+    let x = exchange(&c, &s2, cookie_req(&pair), Resp::served_by(A), 10);
+    assert_eq!(
+        x.action.set_cookie, None,
+        "no token re-issued on a first return"
+    );
+    assert_eq!(s2.sets.get(), 0);
 }

@@ -1,0 +1,268 @@
+//! What tether counts, free of any host. The adapter (`filter`) records into a `Tally` on the
+//! request path, which costs no host call, and hands the totals to Envoy's stats once a second
+//! (`drain`), so the metrics cost nothing per request but a few additions.
+//!
+//! Every name carries the `tether_` prefix. Envoy keeps proxy-wasm metrics in its `wasmcustom`
+//! namespace: `/stats` lists `wasmcustom.tether_hits`, `/stats/prometheus` lists `tether_hits`.
+
+use crate::config::SessionType;
+use crate::session::{Decision, Found, Miss, ResponseAction};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric: its index in a `Tally`, its name and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// New sessions bound to the endpoint that served them (tokens issued, ids learned).
+    SessionsIssued,
+    /// Requests of a pinned session served by its endpoint.
+    Hits,
+    /// Pinned sessions moved to another endpoint because theirs did not serve.
+    Rebinds,
+    /// Requests whose session had outlived its idle or absolute lifetime.
+    Expired,
+    /// `cookie`/`header` tokens that did not open: forged, tampered, another key or route.
+    InvalidTokens,
+    /// Client-sent copies of the headers tether owns, removed before routing.
+    ForgedHeadersRemoved,
+    /// Live bindings pushed out of a full bucket of the binding table.
+    Evictions,
+    /// Compare-and-swap races lost (and retried) writing the binding table.
+    CasRetries,
+    /// Strict sessions refused because their endpoint did not serve.
+    StrictRefusals,
+    /// Pinned sessions let go because every try failed.
+    SessionsDropped,
+    /// Bindings that could not be written (shared data refused, or every CAS try lost).
+    WriteFailures,
+    /// Bindings held in the binding tables (`learn`, `source_ip`) of this Envoy.
+    LiveBindings,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 12] = [
+        Metric::SessionsIssued,
+        Metric::Hits,
+        Metric::Rebinds,
+        Metric::Expired,
+        Metric::InvalidTokens,
+        Metric::ForgedHeadersRemoved,
+        Metric::Evictions,
+        Metric::CasRetries,
+        Metric::StrictRefusals,
+        Metric::SessionsDropped,
+        Metric::WriteFailures,
+        Metric::LiveBindings,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::SessionsIssued => "tether_sessions_issued",
+            Metric::Hits => "tether_hits",
+            Metric::Rebinds => "tether_rebinds",
+            Metric::Expired => "tether_expired",
+            Metric::InvalidTokens => "tether_invalid_tokens",
+            Metric::ForgedHeadersRemoved => "tether_forged_headers_removed",
+            Metric::Evictions => "tether_evictions",
+            Metric::CasRetries => "tether_cas_retries",
+            Metric::StrictRefusals => "tether_strict_refusals",
+            Metric::SessionsDropped => "tether_sessions_dropped",
+            Metric::WriteFailures => "tether_write_failures",
+            Metric::LiveBindings => "tether_live_bindings",
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Metric::LiveBindings => Kind::Gauge,
+            _ => Kind::Counter,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Changes not yet handed to the host, one slot per metric.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    deltas: [i64; Metric::ALL.len()],
+}
+
+impl Tally {
+    pub fn add(&mut self, metric: Metric, n: i64) {
+        if let Some(d) = self.deltas.get_mut(metric.index()) {
+            *d = d.saturating_add(n);
+        }
+    }
+
+    pub fn get(&self, metric: Metric) -> i64 {
+        self.deltas.get(metric.index()).copied().unwrap_or(0)
+    }
+
+    /// What the request phase found.
+    pub fn request(&mut self, session_type: SessionType, found: &Found) {
+        match found {
+            Found::New(Miss::Expired) => self.add(Metric::Expired, 1),
+            // For learned ids and addresses, an unknown key is simply a new session.
+            Found::New(Miss::Unknown)
+                if matches!(session_type, SessionType::Cookie | SessionType::Header) =>
+            {
+                self.add(Metric::InvalidTokens, 1)
+            }
+            _ => {}
+        }
+    }
+
+    /// What the response phase decided and wrote.
+    pub fn response(&mut self, action: &ResponseAction) {
+        let metric = match action.decision {
+            Decision::Issued { .. } => Some(Metric::SessionsIssued),
+            Decision::Hit { .. } => Some(Metric::Hits),
+            Decision::Rebound { .. } => Some(Metric::Rebinds),
+            Decision::Refused { .. } => Some(Metric::StrictRefusals),
+            Decision::Dropped { .. } => Some(Metric::SessionsDropped),
+            Decision::WriteFailed(_) => Some(Metric::WriteFailures),
+            Decision::Unserved | Decision::NoEntropy => None,
+        };
+        if let Some(m) = metric {
+            self.add(m, 1);
+        }
+        self.add(Metric::CasRetries, to_i64(action.cas_retries));
+        self.add(Metric::Evictions, to_i64(action.evictions));
+        self.add(Metric::LiveBindings, action.bindings_delta);
+    }
+
+    /// Every metric with a change since the last drain, and its change; the tally is zeroed.
+    pub fn drain(&mut self) -> impl Iterator<Item = (Metric, i64)> {
+        let deltas = std::mem::take(&mut self.deltas);
+        Metric::ALL.into_iter().zip(deltas).filter(|(_, d)| *d != 0)
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::Pin;
+    use crate::session::action;
+    use crate::table::WriteError;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn names_are_prefixed_unique_and_indexed_in_order() {
+        let mut names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        assert!(names.iter().all(|n| n.starts_with("tether_")));
+        for (i, m) in Metric::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i, "{m:?}");
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Metric::ALL.len());
+        assert_eq!(Metric::LiveBindings.kind(), Kind::Gauge);
+        assert_eq!(Metric::Hits.kind(), Kind::Counter);
+    }
+
+    #[test]
+    fn each_decision_counts_once_under_its_name() {
+        let e = || "127.0.0.1:1".to_string();
+        let cases = [
+            (
+                Decision::Issued {
+                    endpoint: e(),
+                    miss: Miss::NoToken,
+                },
+                Some(Metric::SessionsIssued),
+            ),
+            (
+                Decision::Hit {
+                    endpoint: e(),
+                    refreshed: false,
+                },
+                Some(Metric::Hits),
+            ),
+            (
+                Decision::Rebound { from: e(), to: e() },
+                Some(Metric::Rebinds),
+            ),
+            (
+                Decision::Refused { endpoint: e() },
+                Some(Metric::StrictRefusals),
+            ),
+            (
+                Decision::Dropped { endpoint: e() },
+                Some(Metric::SessionsDropped),
+            ),
+            (
+                Decision::WriteFailed(WriteError::Contended),
+                Some(Metric::WriteFailures),
+            ),
+            (Decision::Unserved, None),
+            (Decision::NoEntropy, None),
+        ];
+        for (decision, metric) in cases {
+            let mut t = Tally::default();
+            t.response(&action(decision.clone()));
+            let drained: Vec<(Metric, i64)> = t.drain().collect();
+            assert_eq!(
+                drained,
+                metric.map(|m| (m, 1)).into_iter().collect::<Vec<_>>(),
+                "{decision:?}"
+            );
+            assert_eq!(t.drain().count(), 0, "drain zeroes the tally");
+        }
+    }
+
+    #[test]
+    fn writes_report_retries_evictions_and_the_bindings_gauge() {
+        let mut t = Tally::default();
+        let mut a = action(Decision::Unserved);
+        a.cas_retries = 3;
+        a.evictions = 1;
+        a.bindings_delta = 1;
+        t.response(&a);
+        a.bindings_delta = -2;
+        t.response(&a);
+        assert_eq!(t.get(Metric::CasRetries), 6);
+        assert_eq!(t.get(Metric::Evictions), 2);
+        assert_eq!(t.get(Metric::LiveBindings), -1);
+    }
+
+    #[test]
+    fn unknown_tokens_are_invalid_but_unknown_learned_ids_are_new_sessions() {
+        let mut t = Tally::default();
+        t.request(SessionType::Cookie, &Found::New(Miss::Unknown));
+        t.request(SessionType::Header, &Found::New(Miss::Unknown));
+        t.request(SessionType::Learn, &Found::New(Miss::Unknown));
+        t.request(SessionType::SourceIp, &Found::New(Miss::Unknown));
+        t.request(SessionType::Cookie, &Found::New(Miss::NoToken));
+        t.request(SessionType::Learn, &Found::New(Miss::Expired));
+        let pin = Pin {
+            endpoint: "127.0.0.1:1".into(),
+            cluster: None,
+            created_ms: 0,
+            last_seen_ms: 0,
+        };
+        t.request(SessionType::Cookie, &Found::Pinned(pin));
+        assert_eq!(t.get(Metric::InvalidTokens), 2);
+        assert_eq!(t.get(Metric::Expired), 1);
+        assert_eq!(t.drain().count(), 2);
+    }
+
+    #[test]
+    fn tally_saturates_instead_of_overflowing() {
+        let mut t = Tally::default();
+        t.add(Metric::Hits, i64::MAX);
+        t.add(Metric::Hits, 1);
+        assert_eq!(t.get(Metric::Hits), i64::MAX);
+    }
+}
