@@ -8,39 +8,14 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use proptest::prelude::*;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use tether::config::PluginConfig;
 use tether::cookies;
 use tether::seal::{Pin, Sealer};
 use tether::session::{client_ip, Engine, Found, Request};
-use tether::table::{Store, StoreError};
+use tether::table::fake::FakeStore;
 use tether::token::{base64_decode, base64url_decode, base64url_encode, SessionId, SystemEntropy};
-
-/// Envoy's shared data, in memory.
-#[derive(Default)]
-struct MemStore(RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-impl Store for MemStore {
-    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        Ok(match self.0.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        })
-    }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let mut map = self.0.borrow_mut();
-        let current = map.get(key).map(|(_, c)| *c);
-        if let (Some(want), Some(have)) = (cas, current) {
-            if want != have {
-                return Err(StoreError::CasMismatch);
-            }
-        }
-        map.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
-        Ok(())
-    }
-}
 
 struct Req(HashMap<String, Vec<u8>>, Option<String>);
 
@@ -163,7 +138,7 @@ proptest! {
     #[test]
     fn no_cookie_header_yields_a_session_it_was_not_given(header in proptest::collection::vec(any::<u8>(), 0..1000)) {
         let e = engine("{}");
-        let store = MemStore::default();
+        let store = FakeStore::default();
         let mut headers = HashMap::new();
         headers.insert("cookie".to_string(), header);
         let (state, _) = e.on_request(&store, &mut Req(headers, None), 10);
@@ -172,7 +147,7 @@ proptest! {
 
     #[test]
     fn learned_ids_and_queries_take_any_bytes(value in proptest::collection::vec(any::<u8>(), 0..700)) {
-        let store = MemStore::default();
+        let store = FakeStore::default();
         for json in [
             r#"{"type": "learn", "learn_from": "header", "session_name": "x-sid"}"#,
             r#"{"type": "learn", "learn_from": "query", "session_name": "sid"}"#,

@@ -12,12 +12,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use proptest::prelude::*;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use tether::config::PluginConfig;
 use tether::seal::MAX_TOKEN_LEN;
 use tether::session::{Engine, Found, Miss, Request, RequestState, Response, ResponseAction};
-use tether::table::{Store, StoreError};
+use tether::table::fake::FakeStore;
 use tether::token::{base64url_decode, base64url_encode, SystemEntropy};
 
 const A: &str = "127.0.0.1:8081";
@@ -26,30 +25,6 @@ const K1: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 const PROCESS_KEY: [u8; 32] = [9; 32];
 const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Envoy's shared data, in memory (CAS numbers as Envoy keeps them).
-#[derive(Default)]
-struct MemStore(RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-impl Store for MemStore {
-    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        Ok(match self.0.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        })
-    }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let mut map = self.0.borrow_mut();
-        let current = map.get(key).map(|(_, c)| *c);
-        if let (Some(want), Some(have)) = (cas, current) {
-            if want != have {
-                return Err(StoreError::CasMismatch);
-            }
-        }
-        map.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
-        Ok(())
-    }
-}
 
 #[derive(Default, Clone)]
 struct Req {
@@ -127,7 +102,7 @@ fn route_engine(json: &str, name: &str) -> Engine {
 
 fn exchange(
     e: &Engine,
-    store: &MemStore,
+    store: &FakeStore,
     mut req: Req,
     mut resp: Resp,
     now: u64,
@@ -140,7 +115,7 @@ fn exchange(
 fn issue_cookie(e: &Engine, endpoint: &str, now: u64) -> String {
     let action = exchange(
         e,
-        &MemStore::default(),
+        &FakeStore::default(),
         Req::default(),
         Resp::from(endpoint),
         now,
@@ -163,7 +138,7 @@ fn found_with_cookie(e: &Engine, name: &str, value: &[u8], now: u64) -> Found {
     let mut header = format!("{name}=").into_bytes();
     header.extend_from_slice(value);
     let (state, edits) = e.on_request(
-        &MemStore::default(),
+        &FakeStore::default(),
         &mut Req::default().with("cookie", &header),
         now,
     );
@@ -175,7 +150,7 @@ fn found_with_cookie(e: &Engine, name: &str, value: &[u8], now: u64) -> Found {
 
 fn found_with_header(e: &Engine, name: &str, value: &[u8], now: u64) -> Found {
     let (state, _) = e.on_request(
-        &MemStore::default(),
+        &FakeStore::default(),
         &mut Req::default().with(name, value),
         now,
     );
@@ -318,7 +293,7 @@ fn every_altered_header_token_is_no_session() {
     ));
     let action = exchange(
         &e,
-        &MemStore::default(),
+        &FakeStore::default(),
         Req::default(),
         Resp::from(B),
         1_000,
@@ -364,7 +339,7 @@ fn every_altered_companion_token_is_no_session() {
         endpoint: A.into(),
         set_cookies: vec![b"JSESSIONID=app-id-1; Path=/".to_vec()],
     };
-    let action = exchange(&e, &MemStore::default(), Req::default(), resp, 1_000);
+    let action = exchange(&e, &FakeStore::default(), Req::default(), resp, 1_000);
     let set_cookie = action.set_cookie.expect("companion cookie");
     let (name, token) = set_cookie
         .split(';')
@@ -380,7 +355,7 @@ fn every_altered_companion_token_is_no_session() {
         header.extend_from_slice(value);
         // An empty table: only the companion can pin.
         e.on_request(
-            &MemStore::default(),
+            &FakeStore::default(),
             &mut Req::default().with("cookie", &header),
             2_000,
         )
@@ -456,7 +431,7 @@ fn replay_after_expiry_is_no_session() {
         now += step;
         let current = issued.last().unwrap().1.clone();
         let mut req = Req::default().with("cookie", format!("tether={current}"));
-        let (state, _) = e.on_request(&MemStore::default(), &mut req, now);
+        let (state, _) = e.on_request(&FakeStore::default(), &mut req, now);
         assert_eq!(
             endpoint(&state.found),
             Some(A),
@@ -464,7 +439,7 @@ fn replay_after_expiry_is_no_session() {
             now - T0
         );
         let action = e.on_response(
-            &MemStore::default(),
+            &FakeStore::default(),
             &state,
             &mut Resp::from(A),
             now,
@@ -578,7 +553,7 @@ fn token_issued_for_another_route_is_no_session() {
     let t_admin = issue_cookie(&admin, A, T0);
     let t_hdr = exchange(
         &hdr,
-        &MemStore::default(),
+        &FakeStore::default(),
         Req::default(),
         Resp::from(A),
         T0,
@@ -710,7 +685,7 @@ fn injection_round(client: &[u8]) -> Result<usize, String> {
     let mut checked = 0;
     for (json, cookie_name, header_name) in &configs {
         let e = engine(json);
-        let store = MemStore::default();
+        let store = FakeStore::default();
         let mut cookie = b"a=1; tether=".to_vec();
         cookie.extend_from_slice(client);
         cookie.extend_from_slice(b"; JSESSIONID=");

@@ -5,35 +5,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use tether::config::PluginConfig;
 use tether::session::{Engine, Found, Request, Response};
-use tether::table::{Store, StoreError};
+use tether::table::fake::FakeStore;
 use tether::token::SystemEntropy;
-
-#[derive(Default)]
-struct MemStore(RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-impl Store for MemStore {
-    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        Ok(match self.0.borrow().get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        })
-    }
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let mut map = self.0.borrow_mut();
-        let current = map.get(key).map(|(_, c)| *c);
-        if let (Some(want), Some(have)) = (cas, current) {
-            if want != have {
-                return Err(StoreError::CasMismatch);
-            }
-        }
-        map.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
-        Ok(())
-    }
-}
 
 struct Req(HashMap<&'static str, Vec<u8>>);
 
@@ -94,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         let engine = Engine::new(config.default, [7; 32]);
-        let store = MemStore::default();
+        let store = FakeStore::default();
         let (state, edits) = engine.on_request(&store, &mut Req(headers.clone()), 1_000);
         assert!(
             matches!(state.found, Found::New(_)),

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import copy
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +298,22 @@ def build_config(*, admin_port: int | None = None, listener_port: int | None = N
             for p in backend_ports]}]
     if mutate is not None:
         mutate(cfg)
+    return cfg
+
+
+def add_app_routes(cfg: dict, prefixes) -> dict:
+    """Routes named and matched by `prefixes` ((name, prefix) pairs), copies of the `app` route
+    (same cluster and retries), placed before it."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    app = next(r for r in vhost["routes"] if r.get("name") == "app")
+    extra = []
+    for name, prefix in prefixes:
+        route = copy.deepcopy(app)
+        route["name"] = name
+        route["match"] = {"prefix": prefix}
+        extra.append(route)
+    vhost["routes"] = extra + vhost["routes"]
     return cfg
 
 

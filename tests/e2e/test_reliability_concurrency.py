@@ -25,12 +25,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import copy
 
 import pytest
 
 import reliability
-from harness import HOST, envoy_problems
+from harness import HOST, add_app_routes, envoy_problems
 
 SOAK = reliability.soak()
 ID = "x-session-id"
@@ -55,13 +54,9 @@ BUSY = "busy"  # the background's route: tether disabled there, so it binds and 
 
 def add_busy_route(cfg):
     """A route `busy` (/busy) like `app`, before it."""
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    vhost = hcm["route_config"]["virtual_hosts"][0]
-    app = next(r for r in vhost["routes"] if r.get("name") == "app")
-    route = copy.deepcopy(app)
-    route["name"] = BUSY
-    route["match"] = {"prefix": "/busy"}
-    vhost["routes"] = [route] + vhost["routes"]
+    add_app_routes(cfg, ((BUSY, "/busy"),))
+
+
 TIME_LIMIT_S = 600 if SOAK else 40
 
 

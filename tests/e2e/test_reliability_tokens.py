@@ -10,7 +10,6 @@ query ids. Every request must be answered (or refused by Envoy's own HTTP/1 code
 as a new, load-balanced session, and no response header may carry a byte the client wrote.
 """
 import base64
-import copy
 import json
 import re
 import socket
@@ -19,7 +18,7 @@ import time
 import pytest
 
 import reliability
-from harness import COOKIE, HOST, ROUTING_HEADER, envoy_problems, pinned_client
+from harness import COOKIE, HOST, ROUTING_HEADER, add_app_routes, envoy_problems, pinned_client
 from topologies import new_key
 
 KEY = new_key()
@@ -41,16 +40,7 @@ ATTRS = {"HttpOnly", "Secure", "SameSite=Lax", "Path=/"}
 
 def add_routes(cfg):
     """One route per session kind (same cluster and retries as `app`), before the catch-all."""
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    vhost = hcm["route_config"]["virtual_hosts"][0]
-    app = next(r for r in vhost["routes"] if r.get("name") == "app")
-    extra = []
-    for name, prefix in PREFIXES.items():
-        route = copy.deepcopy(app)
-        route["name"] = name
-        route["match"] = {"prefix": prefix}
-        extra.append(route)
-    vhost["routes"] = extra + vhost["routes"]
+    add_app_routes(cfg, PREFIXES.items())
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,9 @@
 """`routes`: per-route policies keyed by Envoy route name; two routes never share sessions."""
-import copy
 import re
 
 import pytest
 
-from harness import COOKIE, ROUTING_HEADER
+from harness import COOKIE, ROUTING_HEADER, add_app_routes
 
 CART = "cart"
 PLUGIN = {
@@ -15,16 +14,7 @@ PLUGIN = {
 
 def add_routes(cfg):
     """Routes `cart` (/cart) and `api` (/api) before the catch-all `app`, same cluster and retries."""
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    vhost = hcm["route_config"]["virtual_hosts"][0]
-    app = next(r for r in vhost["routes"] if r.get("name") == "app")
-    extra = []
-    for name, prefix in (("cart", "/cart"), ("api", "/api")):
-        route = copy.deepcopy(app)
-        route["name"] = name
-        route["match"] = {"prefix": prefix}
-        extra.append(route)
-    vhost["routes"] = extra + vhost["routes"]
+    add_app_routes(cfg, (("cart", "/cart"), ("api", "/api")))
 
 
 @pytest.fixture(scope="module")
