@@ -301,6 +301,61 @@ def build_config(*, admin_port: int | None = None, listener_port: int | None = N
     return cfg
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident memory (VmRSS), kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def settled_rss(pid: int, seconds: float = 0.6) -> int:
+    """VmRSS after a short pause (the allocator settles after a burst)."""
+    time.sleep(seconds)
+    return rss_kb(pid)
+
+
+class Pipeline:
+    """One keep-alive connection; requests written in batches, then their responses read."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection((HOST, port), timeout=20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb")
+
+    def close(self):
+        self.rfile.close()
+        self.sock.close()
+
+    def batch(self, requests: list[bytes]) -> list[tuple[int, str | None, bool]]:
+        """[(status, backend, has Set-Cookie)] in order."""
+        self.sock.sendall(b"".join(requests))
+        out = []
+        for _ in requests:
+            line = self.rfile.readline()
+            if not line:
+                raise ConnectionError("connection closed mid-batch")
+            status = int(line.split()[1])
+            length, backend, cookie = 0, None, False
+            while True:
+                line = self.rfile.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                k, _, v = line.decode("latin-1").partition(":")
+                k = k.strip().lower()
+                if k == "content-length":
+                    length = int(v)
+                elif k == "x-backend":
+                    backend = v.strip()
+                elif k == "set-cookie":
+                    cookie = True
+            if length:
+                self.rfile.read(length)
+            out.append((status, backend, cookie))
+        return out
+
+
 def add_app_routes(cfg: dict, prefixes) -> dict:
     """Routes named and matched by `prefixes` ((name, prefix) pairs), copies of the `app` route
     (same cluster and retries), placed before it."""

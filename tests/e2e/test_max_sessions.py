@@ -5,11 +5,10 @@ table keyed by session id would grow with every new id. tether keeps a fixed set
 test floods it with distinct learned ids, fast (raw pipelined HTTP/1.1 over a few connections),
 and measures Envoy's resident memory around the flood.
 """
-import socket
 import threading
 import time
 
-from harness import HOST
+from harness import Pipeline, rss_kb, settled_rss
 
 ID_HEADER = "x-session-id"
 CONFIG = {"type": "learn", "learn_from": "header", "session_name": ID_HEADER, "max_sessions": 1000}
@@ -21,51 +20,8 @@ LIMIT_BYTES_PER_SESSION = 16
 ACTIVE = 20
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-class Pipeline:
-    """One keep-alive connection sending requests in pipelined batches."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection((HOST, port), timeout=20)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = self.sock.makefile("rb")
-
-    def close(self):
-        self.rfile.close()
-        self.sock.close()
-
-    def batch(self, ids):
-        """Sends one request per id; returns [(status, backend)] in order."""
-        req = "".join(f"GET /flood HTTP/1.1\r\nhost: tether\r\n{ID_HEADER}: {i}\r\n\r\n" for i in ids)
-        self.sock.sendall(req.encode())
-        out = []
-        for _ in ids:
-            status_line = self.rfile.readline()
-            if not status_line:
-                raise ConnectionError("connection closed mid-batch")
-            status = int(status_line.split()[1])
-            length, backend = 0, None
-            while True:
-                line = self.rfile.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = line.decode("latin-1").partition(":")
-                k = k.strip().lower()
-                if k == "content-length":
-                    length = int(v.strip())
-                elif k == "x-backend":
-                    backend = v.strip()
-            if length:
-                self.rfile.read(length)
-            out.append((status, backend))
-        return out
+def id_request(i) -> bytes:
+    return f"GET /flood HTTP/1.1\r\nhost: tether\r\n{ID_HEADER}: {i}\r\n\r\n".encode()
 
 
 def send_ids(port, ids, deadline, conns=CONNECTIONS):
@@ -79,7 +35,7 @@ def send_ids(port, ids, deadline, conns=CONNECTIONS):
             for i in range(0, len(chunk), BATCH):
                 if time.monotonic() > deadline:
                     raise TimeoutError("flood ran out of time")
-                for status, _ in p.batch(chunk[i:i + BATCH]):
+                for status, _, _ in p.batch([id_request(x) for x in chunk[i:i + BATCH]]):
                     with lock:
                         counts[status] = counts.get(status, 0) + 1
         except Exception as exc:  # noqa: BLE001 - reported by the caller
@@ -95,11 +51,6 @@ def send_ids(port, ids, deadline, conns=CONNECTIONS):
         t.join(max(1.0, deadline - time.monotonic() + 5))
     assert errors == [], errors
     return counts
-
-
-def settle(pid, seconds=0.6):
-    time.sleep(seconds)
-    return rss_kb(pid)
 
 
 def flood(s, label):
@@ -130,7 +81,7 @@ def flood(s, label):
         r = ac.request("/", cookie=None, headers=[(ID_HEADER, sid)])
         assert r.status == 200
         home[sid] = r.backend
-    rss1 = settle(pid)
+    rss1 = settled_rss(pid)
 
     # the flood, with the active users coming back every now and then
     stop = threading.Event()
@@ -164,7 +115,7 @@ def flood(s, label):
         stop.set()
         user.join(10)
     flood_s = time.monotonic() - t0
-    rss2 = settle(pid)
+    rss2 = settled_rss(pid)
     # the active users after the flood: always answered, and each sticks where it is now
     after = {}
     for sid in active:

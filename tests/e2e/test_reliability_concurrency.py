@@ -12,9 +12,9 @@ Afterwards every session is asked again, three times on new connections: each mu
 endpoint that served its first request (no binding lost, none crossed with another session's),
 and Envoy's debug log must show exactly one `decision=new` per session, only `decision=hit`
 afterwards, no `write_failed`, and the CAS retries the writers needed (`cas_retries=N`).
-The `one bucket` case (max_sessions 8: one bucket of 8) makes every write of a burst of 4 race
-for the same key, round after round. 4: the bucket keeps the 4 most recent sessions that came
-back (the previous burst, just verified) out of reach of new ones, so 4 new sessions is what it
+The `one bucket` case (max_sessions 8: one bucket of 8) makes every write of a burst of 2 race
+for the same key, round after round. 2: the bucket keeps the 6 most recent sessions that came
+back (the previous bursts, just verified) out of reach of new ones, so 2 new sessions is what it
 holds beside them without evicting one of the burst (src/table.rs, PROTECTED_PER_BUCKET).
 """
 import collections
@@ -43,10 +43,10 @@ SCENARIOS = {
               1000 if SOAK else 400, 5 if SOAK else 2, 2),
     "source_ip": ({"type": "source_ip"}, 1000 if SOAK else 300, 3 if SOAK else 2, 2),
     "one bucket": ({"type": "learn", "learn_from": "header", "session_name": ID, "max_sessions": 8},
-                   4, 400 if SOAK else 100, 2),
+                   2, 800 if SOAK else 200, 2),
     # 8 workers on 2 cores: a writer is more often preempted between its read and its CAS write
     "one bucket, 8 workers": ({"type": "learn", "learn_from": "header", "session_name": ID,
-                               "max_sessions": 8}, 4, 400 if SOAK else 100, 8),
+                               "max_sessions": 8}, 2, 800 if SOAK else 200, 8),
 }
 BACKGROUND_THREADS = 4
 BUSY = "busy"  # the background's route: tether disabled there, so it binds and logs no session

@@ -22,14 +22,13 @@ A session that has made one request only is, to any bounded table, one more new 
 active sessions here have come back once before the flood starts.
 """
 import collections
-import socket
 import threading
 import time
 
 import pytest
 
 import reliability
-from harness import COOKIE, HOST, envoy_problems
+from harness import COOKIE, Pipeline, envoy_problems, rss_kb, settled_rss
 
 SOAK = reliability.soak()
 FLOOD = 100_000 if SOAK else 10_000
@@ -48,59 +47,6 @@ SCENARIOS = {
 }
 class ActiveSessionsMoved(AssertionError):
     """Active sessions left their endpoints during the flood."""
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def settled_rss(pid: int, seconds: float = 0.6) -> int:
-    time.sleep(seconds)
-    return rss_kb(pid)
-
-
-class Pipeline:
-    """One keep-alive connection; requests written in batches, then their responses read."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection((HOST, port), timeout=20)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = self.sock.makefile("rb")
-
-    def close(self):
-        self.rfile.close()
-        self.sock.close()
-
-    def batch(self, requests: list[bytes]) -> list[tuple[int, str | None, bool]]:
-        """[(status, backend, has Set-Cookie)] in order."""
-        self.sock.sendall(b"".join(requests))
-        out = []
-        for _ in requests:
-            line = self.rfile.readline()
-            if not line:
-                raise ConnectionError("connection closed mid-batch")
-            status = int(line.split()[1])
-            length, backend, cookie = 0, None, False
-            while True:
-                line = self.rfile.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = line.decode("latin-1").partition(":")
-                k = k.strip().lower()
-                if k == "content-length":
-                    length = int(v)
-                elif k == "x-backend":
-                    backend = v.strip()
-                elif k == "set-cookie":
-                    cookie = True
-            if length:
-                self.rfile.read(length)
-            out.append((status, backend, cookie))
-        return out
 
 
 def client_address(n: int) -> str:
