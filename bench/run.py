@@ -99,11 +99,22 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
     return harness.http_get(port, path, timeout=timeout)
 
 
+# --pin: the measured (front) Envoy alone on one CPU, the load generator and the backend on the
+# others, so that which of them shares a core with which is no longer a matter of chance.
+PIN: dict[str, set[int]] = {}
+
+
+def _pinned(role: str):
+    cpus = PIN.get(role)
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 class EnvoyProc:
     """One Envoy process: started from a config dict, timed to /ready, measured from /proc."""
 
-    def __init__(self, workdir: Path, name: str, cfg: dict, admin_port: int, concurrency: int):
-        self.workdir, self.name, self.cfg = workdir, name, cfg
+    def __init__(self, workdir: Path, name: str, cfg: dict, admin_port: int, concurrency: int,
+                 role: str = "front"):
+        self.workdir, self.name, self.cfg, self.role = workdir, name, cfg, role
         self.admin_port, self.concurrency = admin_port, concurrency
         self.proc: subprocess.Popen | None = None
         self.ready_s: float | None = None
@@ -119,7 +130,8 @@ class EnvoyProc:
         t0 = time.monotonic()
         self.proc = _track(subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, cwd=str(self.workdir),
-                                            start_new_session=True))
+                                            start_new_session=True,
+                                            preexec_fn=_pinned(self.role)))
         deadline = t0 + timeout
         while True:
             if self.proc.poll() is not None:
@@ -298,7 +310,8 @@ def run_wrk(port: int, limit: int, connections: int, headers=(), ids=None,
     else:
         cmd += ["ids"] + [str(x) for x in ids]
     proc = _track(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True))
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_pinned("load")))
     try:
         out, _ = proc.communicate(timeout=max_seconds + 30)
     finally:
@@ -424,7 +437,7 @@ class Bench:
     def start_backend(self):
         admin = harness.free_port()
         self.backend = EnvoyProc(self.workdir, "backend", backend_config(admin, self.backend_ports),
-                                 admin, concurrency=1).start()
+                                 admin, concurrency=1, role="load").start()
         for p in self.backend_ports:
             status, _ = http_get(p, "/")
             if status != 200:
@@ -567,6 +580,63 @@ class Bench:
                     f"p50 {m['lat_p50_us'] / 1000:.2f} ms  p99 {m['lat_p99_us'] / 1000:.2f} ms  "
                     f"ready {m['ready_s']:.2f} s")
         return runs
+
+    # A/B, paired: both builds up at once, short runs alternating A B B A ...
+    def paired(self, pairs: int, per_start: int = 5) -> dict:
+        """For each variant, a front Envoy with module A and one with module B run side by side;
+        short measured runs alternate between them (A first in even pairs, B first in odd
+        ones), so slow drifts of this shared machine hit both alike. Both are restarted every
+        `per_start` pairs: one process can be faster than another for its whole life (code and
+        heap placement), and fresh starts average that out. Each pair gives a ratio B/A of CPU
+        (schedstat, ns) per request; the median and spread are what to read."""
+        keys = [k for k in VARIANTS if "@" not in k and VARIANTS[k][1] == "tether"
+                and (not self.args.only or k in self.args.only)]
+        out: dict[str, dict] = {}
+        for key in keys:
+            label, kind, plugin_cfg, shape = VARIANTS[key]
+            costs: dict[str, list[float]] = {"a": [], "b": []}
+            ratios: list[float] = []
+            checks: dict[str, dict] = {}
+            done, start = 0, 0
+            while done < pairs:
+                sides = []
+                try:
+                    for side, wasm in (("a", self.args.module), ("b", self.args.alt_module)):
+                        envoy, port = self.start_front(f"pair-{key}-{side}-{start}", kind,
+                                                       plugin_cfg, wasm)
+                        sides.append((envoy, port, [], None))
+                        headers, ids, warm_ids, check = self.prepare(
+                            key if side == "a" else f"{key}@alt", shape, port, start)
+                        if not check.get("ok", True):
+                            log(f"WARNING {key}/{side}: {check}")
+                        checks.setdefault(side, check)
+                        sides[-1] = (envoy, port, headers, ids)
+                        if self.args.warmup:
+                            run_wrk(port, self.args.warmup, self.args.connections, headers, warm_ids)
+                    for _ in range(min(per_start, pairs - done)):
+                        order = ("a", "b") if done % 2 == 0 else ("b", "a")
+                        got = {}
+                        for side in order:
+                            envoy, port, headers, ids = sides[0 if side == "a" else 1]
+                            if ids is not None and shape == "learn-new":  # never-seen ids each run
+                                ids = ids[:5] + ((2 * done + (side == "b")) * self.args.requests,)
+                            m = measure(envoy, lambda: run_wrk(port, self.args.requests,
+                                                               self.args.connections, headers, ids))
+                            got[side] = m["sched_us_per_req"]
+                            costs[side].append(m["sched_us_per_req"])
+                        ratios.append(got["b"] / got["a"])
+                        done += 1
+                finally:
+                    for side in sides:
+                        side[0].stop()
+                start += 1
+            out[key] = {"label": label, "a_us": stats(costs["a"]), "b_us": stats(costs["b"]),
+                        "ratio": stats(ratios), "ratios": ratios, "starts": start, "checks": checks}
+            r = out[key]["ratio"]
+            log(f"paired {key:11s} A {out[key]['a_us']['median']:6.1f} us  "
+                f"B {out[key]['b_us']['median']:6.1f} us  B/A {r['median']:.3f} "
+                f"({r['min']:.2f}-{r['max']:.2f}, {pairs} pairs, {start} starts)")
+        return out
 
     # the binding table at scale
     def scale(self) -> dict:
@@ -1096,6 +1166,11 @@ def parse_args(argv=None):
                    help="the module of the tether variants (default: the built one)")
     p.add_argument("--alt-module", type=Path, metavar="WASM",
                    help="A/B: also run the tether variants with this module (keys KEY@alt)")
+    p.add_argument("--pin", action="store_true",
+                   help="the measured Envoy alone on CPU 0; load generator and backend on the others")
+    p.add_argument("--paired", type=int, metavar="N",
+                   help="with --alt-module: N pairs of short alternating runs of two Envoys kept up "
+                        "side by side (the tightest A/B; writes bench/results/paired.json)")
     p.add_argument("--render", metavar="JSON", help="only redo the SVG and Markdown from a results JSON")
     a = p.parse_args(argv)
     q = a.quick
@@ -1144,6 +1219,31 @@ def main(argv=None) -> int:
                     STICKY.add(f"{key}@alt")
     signal.signal(signal.SIGTERM, _on_term)
     started = time.monotonic()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= 2:
+        PIN["front"], PIN["load"] = {cpus[0]}, set(cpus[1:])
+    if args.paired:
+        if not args.alt_module:
+            print("--paired needs --alt-module", file=sys.stderr)
+            return 2
+        args.module = args.module or harness.WASM.resolve()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        log(f"paired A/B: A {args.module.name}, B {args.alt_module.name}, {args.paired} pairs x "
+            f"{args.requests} requests")
+        with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+            bench = Bench(args, Path(tmp))
+            try:
+                bench.start_backend()
+                res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "machine": machine_info(), "a": str(args.module), "b": str(args.alt_module),
+                       "pairs": args.paired, "requests": args.requests,
+                       "variants": bench.paired(args.paired)}
+            finally:
+                if bench.backend is not None:
+                    bench.backend.stop()
+        (RESULTS / "paired.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        log(f"done in {time.monotonic() - started:.0f} s: bench/results/paired.json")
+        return 0
     if not harness.WASM.exists():
         print(f"module {harness.WASM} missing: run `make build`", file=sys.stderr)
         return 2
