@@ -57,6 +57,9 @@ import yaml  # noqa: E402
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRK_LUA = BENCH / "wrk.lua"
+# The cheapest proxy-wasm filter there is (bench/empty.wat), assembled with Binaryen's wasm-as.
+EMPTY_WAT = BENCH / "empty.wat"
+WASM_AS = REPO / ".tools" / "node_modules" / ".bin" / "wasm-as"
 MARK_START = "<!-- results:start -->"
 MARK_END = "<!-- results:end -->"
 FRONT_CONCURRENCY = 1
@@ -247,6 +250,8 @@ def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_p
             raise ValueError("expected the tether filter once in envoy/envoy.yaml")
         if filter_kind == "none":
             del filters[idx[0]]
+        elif filter_kind == "empty":
+            filters[idx[0]]["typed_config"]["config"]["vm_config"]["vm_id"] = "empty"
         elif filter_kind == "native":
             filters[idx[0]] = yaml.safe_load((BENCH / "native-filter.yaml").read_text())
 
@@ -285,10 +290,13 @@ VARIANTS = {
                   plugin(type="learn", learn_from="header", session_name=LEARN_HEADER),
                   "learn-new"),
     "source-ip": ("tether source_ip", "tether", plugin(type="source_ip"), "plain"),
-    # The floor of any proxy-wasm filter here: the module is loaded and called back for every
-    # request, but tether is disabled on the route (3 host calls, no session work).
-    "wasm-floor": ("tether loaded, disabled on the route (wasm floor)", "tether",
-                   plugin(routes={"app": {"disabled": True}}), "plain"),
+    # The floor of any proxy-wasm filter here: a module whose callbacks return at once
+    # (bench/empty.wat), called back for every request like tether.
+    "wasm-empty": ("empty proxy-wasm filter (floor of any wasm filter)", "empty", None, "plain"),
+    # tether disabled on the route: the per-route lookup (the `xds.route_name` property) and
+    # the removal of client-sent routing headers, no session work.
+    "route-off": ("tether loaded, disabled on the route", "tether",
+                  plugin(routes={"app": {"disabled": True}}), "plain"),
 }
 STICKY = {"native", "cookie", "header", "learn", "source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
@@ -434,6 +442,14 @@ class Bench:
         self.backend: EnvoyProc | None = None
         self.checks: dict[str, dict] = {}
 
+    def empty_wasm(self) -> Path:
+        """bench/empty.wat assembled (once per run) into the run's directory."""
+        out = self.workdir / "empty.wasm"
+        if not out.exists():
+            subprocess.run([str(WASM_AS), str(EMPTY_WAT), "-o", str(out)], check=True,
+                           capture_output=True, timeout=60)
+        return out
+
     def start_backend(self):
         admin = harness.free_port()
         self.backend = EnvoyProc(self.workdir, "backend", backend_config(admin, self.backend_ports),
@@ -447,6 +463,8 @@ class Bench:
                     wasm_path: Path | None = None) -> tuple[EnvoyProc, int]:
         """A front Envoy, ready, its endpoints healthy. A second try (new ports) if the first
         start fails: the machine is shared, a port handed out may be taken meanwhile."""
+        if kind == "empty":
+            wasm_path = self.empty_wasm()
         for attempt in (1, 2):
             admin, port = harness.free_port(), harness.free_port()
             cfg = front_config(kind, plugin_cfg, admin, port, self.backend_ports, wasm_path)
@@ -809,8 +827,10 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "source_ip_vs_native": ratio("source-ip", "native"),
         "native_vs_none": ratio("native", "none"),
         "cookie_vs_none": ratio("cookie", "none"),
-        "wasm_floor_vs_native": ratio("wasm-floor", "native"),
-        "cookie_vs_wasm_floor": ratio("cookie", "wasm-floor"),
+        "wasm_empty_vs_native": ratio("wasm-empty", "native"),
+        "cookie_vs_wasm_empty": ratio("cookie", "wasm-empty"),
+        "cookie_new_vs_wasm_empty": ratio("cookie-new", "wasm-empty"),
+        "route_off_vs_wasm_empty": ratio("route-off", "wasm-empty"),
     }
     ratios["sched_returning_cookie_vs_native"] = ratio("cookie", "native", "sched_us_per_req")
     ratios["sched_new_cookie_vs_native_new"] = ratio("cookie-new", "native-new", "sched_us_per_req")
@@ -856,7 +876,8 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
                      "requests_per_run": args.requests, "warmup_per_run": args.warmup,
                      "connections": args.connections, "generator": "wrk -t1, keep-alive, HTTP/1.1",
                      "clk_tck": CLK_TCK, "scale_levels": args.scale, "scale_rounds": args.scale_rounds,
-                     "fill_cap_s": args.fill_cap, "fill_budget_s": args.fill_budget},
+                     "fill_cap_s": args.fill_cap, "fill_budget_s": args.fill_budget,
+                     "pinned": {k: sorted(v) for k, v in PIN.items()}},
         "targets": TARGETS,
         "module": module,
         "variants": variants,
@@ -968,7 +989,9 @@ def markdown(res: dict, svg_name: str) -> str:
     out.append("")
     out.append(f"Front Envoy `--concurrency {s['front_concurrency']}`; {s['rounds']} interleaved rounds; "
                f"each run {s['requests_per_run']} requests after {s['warmup_per_run']} warm-up, "
-               f"{s['connections']} keep-alive connections ({s['generator']}).")
+               f"{s['connections']} keep-alive connections ({s['generator']})"
+               + (f"; the measured Envoy pinned to CPU {s['pinned']['front']}, load generator and "
+                  f"backend to CPU {s['pinned']['load']}." if s.get("pinned") else "."))
     out.append("")
     out.append("### Headline")
     out.append("")
@@ -992,13 +1015,15 @@ def markdown(res: dict, svg_name: str) -> str:
         bpb = sc["bytes_per_binding_largest"]
         out.append(f"| RSS per binding at {big['reached']:,} bindings | {bpb:.0f} B | ≤ "
                    f"{TARGETS['bytes_per_binding_max']} B | {_verdict(bpb, TARGETS['bytes_per_binding_max'])} |")
-    wf = r.get("wasm_floor_vs_native")
+    wf = r.get("wasm_empty_vs_native")
     if wf:
-        out.append(f"| (for reference) wasm floor: tether loaded but disabled / native returning | "
-                   f"{_fmt_ratio(wf)} | | what any proxy-wasm filter costs here |")
-        cf = r.get("cookie_vs_wasm_floor")
-        out.append(f"| (for reference) tether cookie returning / wasm floor | {_fmt_ratio(cf)} | | "
-                   f"tether's own work |")
+        out.append(f"| (for reference) empty proxy-wasm filter / native returning | "
+                   f"{_fmt_ratio(wf)} | | the floor of any wasm filter here |")
+        for key, text in (("cookie_vs_wasm_empty", "tether cookie returning / empty wasm filter"),
+                          ("cookie_new_vs_wasm_empty", "tether cookie new / empty wasm filter"),
+                          ("route_off_vs_wasm_empty", "tether disabled on the route / empty wasm filter")):
+            if r.get(key):
+                out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | tether's own work |")
     mod = res["module"]
     out.append(f"| module size | {mod['bytes']:,} B ({mod['kib']} KiB) | ≤ {TARGETS['module_kib_max']} KiB | "
                f"{_verdict(mod['kib'], TARGETS['module_kib_max'])} |")
@@ -1161,13 +1186,14 @@ def parse_args(argv=None):
     p.add_argument("--load-starts", type=int, help="alternating starts for the load time")
     p.add_argument("--no-scale", action="store_true")
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x],
-                   help="run only these variants, e.g. native,cookie,wasm-floor")
+                   help="run only these variants, e.g. native,cookie,wasm-empty")
     p.add_argument("--module", type=lambda s: Path(s).resolve(), metavar="WASM",
                    help="the module of the tether variants (default: the built one)")
     p.add_argument("--alt-module", type=Path, metavar="WASM",
                    help="A/B: also run the tether variants with this module (keys KEY@alt)")
-    p.add_argument("--pin", action="store_true",
-                   help="the measured Envoy alone on CPU 0; load generator and backend on the others")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin: by default the measured Envoy runs alone on the first CPU, "
+                        "the load generator and the backend on the others")
     p.add_argument("--paired", type=int, metavar="N",
                    help="with --alt-module: N pairs of short alternating runs of two Envoys kept up "
                         "side by side (the tightest A/B; writes bench/results/paired.json)")

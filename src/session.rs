@@ -529,18 +529,19 @@ impl Engine {
             endpoint: pin.endpoint.clone(),
             refreshed: due,
         };
-        let refreshed = Pin {
+        // Built only where it is written: a plain hit (the common case) copies nothing.
+        let refreshed = || Pin {
             last_seen_ms: now_ms,
             ..pin.clone()
         };
         match &state.key {
             // Pinned by another replica's companion token: this Envoy learns the binding too.
             Some(key) if state.adopted => {
-                self.bind_learned(store, &[key], &refreshed, now_ms, decision, entropy)
+                self.bind_learned(store, &[key], &refreshed(), now_ms, decision, entropy)
             }
             _ if !due => action(decision),
             Some(key) if self.companion_name().is_some() => {
-                self.bind_learned(store, &[key], &refreshed, now_ms, decision, entropy)
+                self.bind_learned(store, &[key], &refreshed(), now_ms, decision, entropy)
             }
             Some(key) => {
                 // A lost touch only shortens the session by one interval: no retry storm.
@@ -550,7 +551,7 @@ impl Engine {
                 }
                 hit
             }
-            None => self.issue_token(&refreshed, now_ms, decision, entropy),
+            None => self.issue_token(&refreshed(), now_ms, decision, entropy),
         }
     }
 
