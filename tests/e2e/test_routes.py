@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from harness import COOKIE, ROUTING_HEADER, add_app_routes
+from harness import COOKIE, FILTER, ROUTING_HEADER, add_app_routes
 
 CART = "cart"
 PLUGIN = {
@@ -13,8 +13,15 @@ PLUGIN = {
 
 
 def add_routes(cfg):
-    """Routes `cart` (/cart) and `api` (/api) before the catch-all `app`, same cluster and retries."""
-    add_app_routes(cfg, (("cart", "/cart"), ("api", "/api")))
+    """Routes `cart` (/cart), `api` (/api) and `static` (/static) before the catch-all `app`,
+    same cluster and retries. On `static`, Envoy itself turns the filter off (route-level
+    `FilterConfig`): tether never runs there, not even its per-route lookup."""
+    add_app_routes(cfg, (("cart", "/cart"), ("api", "/api"), ("static", "/static")))
+    vhost = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]
+    static = next(r for r in vhost["routes"] if r.get("name") == "static")
+    static["typed_per_filter_config"] = {FILTER: {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +122,22 @@ def test_disabled_route_still_strips_routing_header(rs):
     assert served.count("backend-1") <= 4, f"a client-sent {ROUTING_HEADER} steered /api: {served}"
     assert len(set(served)) == 3, served
     assert "removed a client-sent x-tether-host" in rs.envoy.log()
+
+
+def test_route_where_envoy_turns_the_filter_off_never_enters_tether(rs):
+    """README: the cost-free way to leave a route alone. Envoy skips the filter, so tether makes
+    no decision there (no log line, no cookie), and the request is load-balanced."""
+    app, _ = new_on(rs, "/", COOKIE, "backend-2")
+    log_before = rs.envoy.log().count("decision=")
+    c = rs.client()
+    served = []
+    for i in range(9):
+        r = c.request(f"/static/{i}", cookie=f"{COOKIE}={app}", update_jar=False)
+        assert r.status == 200, r
+        assert r.header("set-cookie") == [], f"/static issued {r.header('set-cookie')}"
+        served.append(r.backend)
+    assert len(set(served)) == 3, f"/static not load-balanced: {served}"
+    assert rs.envoy.log().count("decision=") == log_before, "tether ran on /static"
+    # The same cookie still pins its own route.
+    r = c.request("/page", cookie=f"{COOKIE}={app}", update_jar=False)
+    assert r.status == 200 and r.backend == "backend-2", r
