@@ -413,14 +413,18 @@ impl Engine {
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
         let upstream = resp.upstream();
+        let status = resp.status();
+        // A failed attempt at an endpoint names it as the upstream too: only a response that
+        // really came from it counts. Envoy's own replies after a failed attempt are 5xx, so
+        // below 500 the status (a header read) answers, and `came_from_upstream` (the costlier
+        // `response.code_details` property) is asked only for a 5xx.
+        let mut from_upstream = |resp: &mut dyn Response| {
+            status.is_some_and(|code| code < 500) || resp.came_from_upstream()
+        };
         let strict = self.settings.on_unavailable == OnUnavailable::Strict;
         if let Found::Pinned(pin) = &state.found {
-            // A failed attempt at the pinned endpoint names it too: only a response that
-            // really came from it counts. Envoy's own replies after a failed attempt are
-            // 5xx, so below 500 the cheap status answers and `came_from_upstream` (a costlier
-            // host call) is asked only for 5xx.
-            let served_by_pin = upstream.as_deref() == Some(pin.endpoint.as_str())
-                && (resp.status().is_some_and(|code| code < 500) || resp.came_from_upstream());
+            let served_by_pin =
+                upstream.as_deref() == Some(pin.endpoint.as_str()) && from_upstream(resp);
             if served_by_pin {
                 return self.hit(store, state, pin, resp, now_ms, entropy);
             }
@@ -436,13 +440,13 @@ impl Engine {
                 };
             }
         }
-        let served = upstream.filter(|_| resp.came_from_upstream());
+        let served = upstream.filter(|_| from_upstream(resp));
         let Some(served) = served else {
             if let Found::Pinned(pin) = &state.found {
                 // Every try failed: the session's endpoint, and every retry, is down (a whole
                 // canary cluster stopped, say). Rebalancing means letting go, so the next
                 // request is load-balanced afresh instead of failing until the session expires.
-                if resp.status().is_some_and(|code| code >= 500) {
+                if status.is_some_and(|code| code >= 500) {
                     return self.drop_session(store, state, pin, now_ms);
                 }
             }

@@ -501,15 +501,71 @@ fn local_replies_record_nothing() {
         exchange(&e, &store, req.clone(), none, 0).action.decision,
         Decision::Unserved
     );
+    // Envoy's reply after a failed try names the endpoint it tried: a 5xx that did not come
+    // from it binds nothing.
     let local = Resp {
+        status: Some(503),
         from_upstream: false,
         ..Resp::served_by(A)
     };
     assert_eq!(
-        exchange(&e, &store, req, local, 0).action.decision,
+        exchange(&e, &store, req.clone(), local, 0).action.decision,
         Decision::Unserved
     );
     assert_eq!(store.sets.get(), writes);
+    // A 5xx the endpoint itself sent is its answer: the session is bound there.
+    let app_error = Resp {
+        status: Some(503),
+        ..Resp::served_by(A)
+    };
+    assert!(matches!(
+        exchange(&e, &store, req, app_error, 0).action.decision,
+        Decision::Issued { .. }
+    ));
+}
+
+/// Below 500 the status alone says the endpoint answered: `response.code_details`, a costlier
+/// host call, is asked only for a 5xx, for new sessions as for returning ones.
+#[test]
+fn code_details_are_asked_only_for_5xx() {
+    struct Counting(Resp, usize);
+    impl Response for Counting {
+        fn upstream(&mut self) -> Option<String> {
+            self.0.upstream()
+        }
+        fn came_from_upstream(&mut self) -> bool {
+            self.1 += 1;
+            self.0.came_from_upstream()
+        }
+        fn cluster(&mut self) -> Option<String> {
+            self.0.cluster()
+        }
+        fn set_cookies(&mut self) -> Vec<Vec<u8>> {
+            self.0.set_cookies()
+        }
+        fn status(&mut self) -> Option<u16> {
+            self.0.status()
+        }
+    }
+    let e = engine(r#"{"type": "cookie"}"#);
+    let store = FakeStore::default();
+    for (status, asked) in [(200, 0), (404, 0), (499, 0), (500, 1), (503, 1)] {
+        let mut req = Req::default();
+        let (state, _) = e.on_request(&store, &mut req, 0);
+        let mut resp = Counting(
+            Resp {
+                status: Some(status),
+                ..Resp::served_by(A)
+            },
+            0,
+        );
+        let action = e.on_response(&store, &state, &mut resp, 0, &mut SystemEntropy);
+        assert!(
+            matches!(action.decision, Decision::Issued { .. }),
+            "{status}"
+        );
+        assert_eq!(resp.1, asked, "status {status}");
+    }
 }
 
 #[test]
