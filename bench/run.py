@@ -27,6 +27,7 @@ BENCHMARKS.md (`--quick` writes bench/results/quick.* and leaves BENCHMARKS.md a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -1237,6 +1238,19 @@ def render(path: Path) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def bench_with_backend(args):
+    """A Bench in a fresh directory, its backend Envoy up; everything stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            bench.start_backend()
+            yield bench
+        finally:
+            if bench.backend is not None:
+                bench.backend.stop()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
@@ -1264,17 +1278,11 @@ def main(argv=None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         log(f"paired A/B: A {args.module.name}, B {args.alt_module.name}, {args.paired} pairs x "
             f"{args.requests} requests")
-        with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-            bench = Bench(args, Path(tmp))
-            try:
-                bench.start_backend()
-                res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "machine": machine_info(), "a": str(args.module), "b": str(args.alt_module),
-                       "pairs": args.paired, "requests": args.requests,
-                       "variants": bench.paired(args.paired)}
-            finally:
-                if bench.backend is not None:
-                    bench.backend.stop()
+        with bench_with_backend(args) as bench:
+            res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "machine": machine_info(), "a": str(args.module), "b": str(args.alt_module),
+                   "pairs": args.paired, "requests": args.requests,
+                   "variants": bench.paired(args.paired)}
         (RESULTS / "paired.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         log(f"done in {time.monotonic() - started:.0f} s: bench/results/paired.json")
         return 0
@@ -1291,17 +1299,11 @@ def main(argv=None) -> int:
     module = module_info()
     log(f"{'quick' if args.quick else 'full'} run: {args.rounds} rounds x {len(VARIANTS)} variants x "
         f"{args.requests} requests; scale {args.scale}; module {module['bytes']} bytes")
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-        bench = Bench(args, Path(tmp))
-        try:
-            bench.start_backend()
-            runs = bench.variant_rounds()
-            log("module load time")
-            load = bench.load_time_samples(args.load_starts)
-            scale = bench.scale() if args.scale else None
-        finally:
-            if bench.backend is not None:
-                bench.backend.stop()
+    with bench_with_backend(args) as bench:
+        runs = bench.variant_rounds()
+        log("module load time")
+        load = bench.load_time_samples(args.load_starts)
+        scale = bench.scale() if args.scale else None
         res = summarize(runs, scale, load, module, info, args, bench.checks, started)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     write_svg(res, RESULTS / f"{stem}.svg")

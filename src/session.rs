@@ -418,7 +418,7 @@ impl Engine {
         // really came from it counts. Envoy's own replies after a failed attempt are 5xx, so
         // below 500 the status (a header read) answers, and `came_from_upstream` (the costlier
         // `response.code_details` property) is asked only for a 5xx.
-        let mut from_upstream = |resp: &mut dyn Response| {
+        let from_upstream = |resp: &mut dyn Response| {
             status.is_some_and(|code| code < 500) || resp.came_from_upstream()
         };
         let strict = self.settings.on_unavailable == OnUnavailable::Strict;

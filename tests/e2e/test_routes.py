@@ -57,6 +57,20 @@ def assert_not_pinned(stack, path, cookie, issued_name):
     assert len(set(served)) >= 2, f"{path} with {cookie!r} stayed pinned: {served}"
 
 
+def no_session_requests(stack, prefix, cookie, stripped=(), n=9):
+    """`n` requests under `prefix` carrying `cookie` on one connection: each 200 with no
+    Set-Cookie (and none of the `stripped` cookies reaching the backend). The backends served."""
+    c = stack.client()
+    served = []
+    for i in range(n):
+        r = c.request(f"{prefix}/{i}", cookie=cookie, update_jar=False)
+        assert r.status == 200, r
+        assert r.header("set-cookie") == [], f"{prefix} issued {r.header('set-cookie')}"
+        assert not [k for k, _ in r.headers if k.lower() in stripped], r.headers
+        served.append(r.backend)
+    return served
+
+
 def test_each_route_issues_its_own_cookie(rs):
     r = rs.client().request("/cart/items", cookie=None)
     assert r.status == 200 and names(r) == [CART], r.header("set-cookie")
@@ -95,14 +109,7 @@ def test_disabled_route_issues_nothing_and_round_robins(rs):
     app, _ = new_on(rs, "/", COOKIE, "backend-2")
     cart, _ = new_on(rs, "/cart", CART, "backend-2")
     before = len(re.findall(r"decision=disabled", rs.envoy.log()))
-    c = rs.client()
-    served = []
-    for i in range(9):
-        r = c.request(f"/api/{i}", cookie=f"{COOKIE}={app}; {CART}={cart}", update_jar=False)
-        assert r.status == 200, r
-        assert r.header("set-cookie") == [], f"/api issued {r.header('set-cookie')}"
-        assert not [k for k, _ in r.headers if k.lower() in (COOKIE, CART)], r.headers
-        served.append(r.backend)
+    served = no_session_requests(rs, "/api", f"{COOKIE}={app}; {CART}={cart}", (COOKIE, CART))
     everyone = sorted(rs.backends)
     for i in range(len(served) - 2):
         assert set(served[i:i + 3]) == set(everyone), f"/api not round robin: {served}"
@@ -129,15 +136,9 @@ def test_route_where_envoy_turns_the_filter_off_never_enters_tether(rs):
     no decision there (no log line, no cookie), and the request is load-balanced."""
     app, _ = new_on(rs, "/", COOKIE, "backend-2")
     log_before = rs.envoy.log().count("decision=")
-    c = rs.client()
-    served = []
-    for i in range(9):
-        r = c.request(f"/static/{i}", cookie=f"{COOKIE}={app}", update_jar=False)
-        assert r.status == 200, r
-        assert r.header("set-cookie") == [], f"/static issued {r.header('set-cookie')}"
-        served.append(r.backend)
+    served = no_session_requests(rs, "/static", f"{COOKIE}={app}")
     assert len(set(served)) == 3, f"/static not load-balanced: {served}"
     assert rs.envoy.log().count("decision=") == log_before, "tether ran on /static"
     # The same cookie still pins its own route.
-    r = c.request("/page", cookie=f"{COOKIE}={app}", update_jar=False)
+    r = rs.client().request("/page", cookie=f"{COOKIE}={app}", update_jar=False)
     assert r.status == 200 and r.backend == "backend-2", r
