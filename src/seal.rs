@@ -36,7 +36,7 @@ pub struct Sealer {
     aad: Vec<u8>,
     /// Tokens this worker opened lately (see `Opened`).
     opened: RefCell<Opened>,
-    /// How many times a token was put through the AEAD (tests and the benchmark read it).
+    /// How many times a token was put through the AEAD (the tests read it).
     decrypts: Cell<u64>,
 }
 

@@ -333,27 +333,34 @@ class Pipeline:
         self.sock.sendall(b"".join(requests))
         out = []
         for _ in requests:
-            line = self.rfile.readline()
-            if not line:
-                raise ConnectionError("connection closed mid-batch")
-            status = int(line.split()[1])
-            length, backend, cookie = 0, None, False
-            while True:
-                line = self.rfile.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = line.decode("latin-1").partition(":")
-                k = k.strip().lower()
-                if k == "content-length":
-                    length = int(v)
-                elif k == "x-backend":
-                    backend = v.strip()
-                elif k == "set-cookie":
-                    cookie = True
-            if length:
-                self.rfile.read(length)
-            out.append((status, backend, cookie))
+            status, backend, cookies = read_response(self.rfile)
+            out.append((status, backend, bool(cookies)))
         return out
+
+
+def read_response(rfile) -> tuple[int, str | None, list[str]]:
+    """The next HTTP/1.1 response on a raw connection: (status, x-backend, Set-Cookie values);
+    the body is read and dropped."""
+    line = rfile.readline()
+    if not line:
+        raise ConnectionError("connection closed before a response")
+    status = int(line.split()[1])
+    length, backend, cookies = 0, None, []
+    while True:
+        line = rfile.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "x-backend":
+            backend = value.strip()
+        elif name == "set-cookie":
+            cookies.append(value.strip())
+    if length:
+        rfile.read(length)
+    return status, backend, cookies
 
 
 def add_app_routes(cfg: dict, prefixes) -> dict:

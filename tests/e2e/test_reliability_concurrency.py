@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import reliability
-from harness import HOST, add_app_routes, envoy_problems
+from harness import HOST, add_app_routes, envoy_problems, read_response
 
 SOAK = reliability.soak()
 ID = "x-session-id"
@@ -91,27 +91,8 @@ class Conn:
         self.sock.sendall(request)
 
     def read(self):
-        """(status, backend, set-cookie values, [cas?]) of the next response."""
-        line = self.rfile.readline()
-        if not line:
-            raise ConnectionError("closed before a response")
-        status = int(line.split()[1])
-        length, backend, cookies = 0, None, []
-        while True:
-            line = self.rfile.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "x-backend":
-                backend = value.strip()
-            elif name == "set-cookie":
-                cookies.append(value.strip())
-        if length:
-            self.rfile.read(length)
-        return status, backend, cookies
+        """(status, backend, set-cookie values) of the next response."""
+        return read_response(self.rfile)
 
 
 def request_bytes(kind: str, key: str, cookie: str | None = None) -> bytes:
