@@ -58,8 +58,9 @@ import yaml  # noqa: E402
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRK_LUA = BENCH / "wrk.lua"
-# The cheapest proxy-wasm filter there is (bench/empty.wat), assembled with Binaryen's wasm-as.
-EMPTY_WAT = BENCH / "empty.wat"
+# Floors written by hand in WebAssembly text, assembled with Binaryen's wasm-as: the cheapest
+# proxy-wasm filter there is (bench/empty.wat), and the cheapest sticky one (bench/sticky.wat).
+WAT_MODULES = {"empty": BENCH / "empty.wat", "sticky": BENCH / "sticky.wat"}
 WASM_AS = REPO / ".tools" / "node_modules" / ".bin" / "wasm-as"
 MARK_START = "<!-- results:start -->"
 MARK_END = "<!-- results:end -->"
@@ -251,8 +252,8 @@ def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_p
             raise ValueError("expected the tether filter once in envoy/envoy.yaml")
         if filter_kind == "none":
             del filters[idx[0]]
-        elif filter_kind == "empty":
-            filters[idx[0]]["typed_config"]["config"]["vm_config"]["vm_id"] = "empty"
+        elif filter_kind in WAT_MODULES:
+            filters[idx[0]]["typed_config"]["config"]["vm_config"]["vm_id"] = filter_kind
         elif filter_kind == "native":
             filters[idx[0]] = yaml.safe_load((BENCH / "native-filter.yaml").read_text())
 
@@ -294,12 +295,20 @@ VARIANTS = {
     # The floor of any proxy-wasm filter here: a module whose callbacks return at once
     # (bench/empty.wat), called back for every request like tether.
     "wasm-empty": ("empty proxy-wasm filter (floor of any wasm filter)", "empty", None, "plain"),
+    # The floor of any proxy-wasm sticky filter (bench/sticky.wat): what the native filter does,
+    # with only the host calls that needs (read Cookie, set the override header; read
+    # upstream.address, Set-Cookie when the endpoint changed), the address in clear, no crypto,
+    # no expiry, no status check.
+    "wasm-sticky": ("cheapest sticky wasm filter (floor of session work), returning", "sticky",
+                    None, "sticky-returning"),
+    "wasm-sticky-new": ("cheapest sticky wasm filter (floor of session work), new session",
+                        "sticky", None, "plain"),
     # tether disabled on the route: the per-route lookup (the `xds.route_name` property) and
     # the removal of client-sent routing headers, no session work.
     "route-off": ("tether loaded, disabled on the route", "tether",
                   plugin(routes={"app": {"disabled": True}}), "plain"),
 }
-STICKY = {"native", "cookie", "header", "learn", "source-ip"}
+STICKY = {"native", "cookie", "header", "learn", "source-ip", "wasm-sticky"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
 
@@ -443,11 +452,11 @@ class Bench:
         self.backend: EnvoyProc | None = None
         self.checks: dict[str, dict] = {}
 
-    def empty_wasm(self) -> Path:
-        """bench/empty.wat assembled (once per run) into the run's directory."""
-        out = self.workdir / "empty.wasm"
+    def wat_module(self, kind: str) -> Path:
+        """bench/<kind>.wat assembled (once per run) into the run's directory."""
+        out = self.workdir / f"{kind}.wasm"
         if not out.exists():
-            subprocess.run([str(WASM_AS), str(EMPTY_WAT), "-o", str(out)], check=True,
+            subprocess.run([str(WASM_AS), str(WAT_MODULES[kind]), "-o", str(out)], check=True,
                            capture_output=True, timeout=60)
         return out
 
@@ -464,8 +473,8 @@ class Bench:
                     wasm_path: Path | None = None) -> tuple[EnvoyProc, int]:
         """A front Envoy, ready, its endpoints healthy. A second try (new ports) if the first
         start fails: the machine is shared, a port handed out may be taken meanwhile."""
-        if kind == "empty":
-            wasm_path = self.empty_wasm()
+        if kind in WAT_MODULES:
+            wasm_path = self.wat_module(kind)
         for attempt in (1, 2):
             admin, port = harness.free_port(), harness.free_port()
             cfg = front_config(kind, plugin_cfg, admin, port, self.backend_ports, wasm_path)
@@ -530,6 +539,13 @@ class Bench:
                 check = self.pin_check(c, first=r.backend,
                                        headers=[("cookie", f"{harness.COOKIE}={sc.value}")])
                 headers = [f"cookie: {harness.COOKIE}={sc.value}"]
+            elif shape == "sticky-returning":
+                r = c.request("/", cookie=None)
+                sc = r.set_cookie("s")
+                if sc is None:
+                    raise RuntimeError(f"sticky.wat set no cookie: {r.headers}")
+                check = self.pin_check(c, first=r.backend, headers=[("cookie", f"s={sc.value}")])
+                headers = [f"cookie: s={sc.value}"]
             elif shape == "header-returning":
                 r = c.request("/", cookie=None)
                 tok = r.header(TOKEN_HEADER)
@@ -553,9 +569,10 @@ class Bench:
                 check = self.pin_check(c, first=first.backend, headers=[])
             else:  # plain: none, native-new, cookie-new
                 check = self.spread_check(c, [[] for _ in range(12)])
-                if key.split("@")[0] in ("cookie-new", "native-new"):
+                base = key.split("@")[0]
+                if base in ("cookie-new", "native-new", "wasm-sticky-new"):
                     r = c.request("/", cookie=None)
-                    name = "native" if key == "native-new" else harness.COOKIE
+                    name = {"native-new": "native", "wasm-sticky-new": "s"}.get(base, harness.COOKIE)
                     check["set_cookie_each_response"] = r.set_cookie(name) is not None
             return headers, ids, warm_ids, check
         finally:
@@ -600,19 +617,26 @@ class Bench:
                     f"ready {m['ready_s']:.2f} s")
         return runs
 
-    # A/B, paired: both builds up at once, short runs alternating A B B A ...
+    def comparisons(self) -> list[tuple[str, tuple[str, Path | None], tuple[str, Path | None]]]:
+        """What --paired compares: each tether variant with module A against module B
+        (--alt-module), or two variants with the same module (--versus A:B)."""
+        if self.args.versus:
+            return [(f"{a}:{b}", (a, self.args.module), (b, self.args.module))
+                    for a, b in self.args.versus]
+        return [(key, (key, self.args.module), (f"{key}@alt", self.args.alt_module))
+                for key in VARIANTS if "@" not in key and VARIANTS[key][1] == "tether"
+                and (not self.args.only or key in self.args.only)]
+
+    # A/B, paired: both sides up at once, short runs alternating A B B A ...
     def paired(self, pairs: int, per_start: int = 5) -> dict:
-        """For each variant, a front Envoy with module A and one with module B run side by side;
-        short measured runs alternate between them (A first in even pairs, B first in odd
-        ones), so slow drifts of this shared machine hit both alike. Both are restarted every
-        `per_start` pairs: one process can be faster than another for its whole life (code and
-        heap placement), and fresh starts average that out. Each pair gives a ratio B/A of CPU
-        (schedstat, ns) per request; the median and spread are what to read."""
-        keys = [k for k in VARIANTS if "@" not in k and VARIANTS[k][1] == "tether"
-                and (not self.args.only or k in self.args.only)]
+        """For each comparison, two front Envoys (module A and module B, or variant A and
+        variant B) run side by side; short measured runs alternate between them (A first in even
+        pairs, B first in odd ones), so slow drifts of this shared machine hit both alike. Both
+        are restarted every `per_start` pairs: one process can be faster than another for its
+        whole life (code and heap placement), and fresh starts average that out. Each pair gives
+        a ratio B/A of CPU (schedstat, ns) per request; the median and spread are what to read."""
         out: dict[str, dict] = {}
-        for key in keys:
-            label, kind, plugin_cfg, shape = VARIANTS[key]
+        for name, side_a, side_b in self.comparisons():
             costs: dict[str, list[float]] = {"a": [], "b": []}
             ratios: list[float] = []
             checks: dict[str, dict] = {}
@@ -620,23 +644,23 @@ class Bench:
             while done < pairs:
                 sides = []
                 try:
-                    for side, wasm in (("a", self.args.module), ("b", self.args.alt_module)):
-                        envoy, port = self.start_front(f"pair-{key}-{side}-{start}", kind,
-                                                       plugin_cfg, wasm)
-                        sides.append((envoy, port, [], None))
-                        headers, ids, warm_ids, check = self.prepare(
-                            key if side == "a" else f"{key}@alt", shape, port, start)
+                    for side, (key, wasm) in (("a", side_a), ("b", side_b)):
+                        label, kind, plugin_cfg, shape = VARIANTS[key.split("@")[0]]
+                        envoy, port = self.start_front(f"pair-{key.replace('@', '-')}-{side}-{start}",
+                                                       kind, plugin_cfg, wasm)
+                        sides.append((envoy, port, [], None, shape))
+                        headers, ids, warm_ids, check = self.prepare(key, shape, port, start)
                         if not check.get("ok", True):
                             log(f"WARNING {key}/{side}: {check}")
                         checks.setdefault(side, check)
-                        sides[-1] = (envoy, port, headers, ids)
+                        sides[-1] = (envoy, port, headers, ids, shape)
                         if self.args.warmup:
                             run_wrk(port, self.args.warmup, self.args.connections, headers, warm_ids)
                     for _ in range(min(per_start, pairs - done)):
                         order = ("a", "b") if done % 2 == 0 else ("b", "a")
                         got = {}
                         for side in order:
-                            envoy, port, headers, ids = sides[0 if side == "a" else 1]
+                            envoy, port, headers, ids, shape = sides[0 if side == "a" else 1]
                             if ids is not None and shape == "learn-new":  # never-seen ids each run
                                 ids = ids[:5] + ((2 * done + (side == "b")) * self.args.requests,)
                             m = measure(envoy, lambda: run_wrk(port, self.args.requests,
@@ -649,11 +673,12 @@ class Bench:
                     for side in sides:
                         side[0].stop()
                 start += 1
-            out[key] = {"label": label, "a_us": stats(costs["a"]), "b_us": stats(costs["b"]),
-                        "ratio": stats(ratios), "ratios": ratios, "starts": start, "checks": checks}
-            r = out[key]["ratio"]
-            log(f"paired {key:11s} A {out[key]['a_us']['median']:6.1f} us  "
-                f"B {out[key]['b_us']['median']:6.1f} us  B/A {r['median']:.3f} "
+            out[name] = {"a": side_a[0], "b": side_b[0], "a_us": stats(costs["a"]),
+                         "b_us": stats(costs["b"]), "ratio": stats(ratios), "ratios": ratios,
+                         "starts": start, "checks": checks}
+            r = out[name]["ratio"]
+            log(f"paired {name:11s} A {out[name]['a_us']['median']:6.1f} us  "
+                f"B {out[name]['b_us']['median']:6.1f} us  B/A {r['median']:.3f} "
                 f"({r['min']:.2f}-{r['max']:.2f}, {pairs} pairs, {start} starts)")
         return out
 
@@ -838,6 +863,10 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "cookie_vs_wasm_empty": ratio("cookie", "wasm-empty"),
         "cookie_new_vs_wasm_empty": ratio("cookie-new", "wasm-empty"),
         "route_off_vs_wasm_empty": ratio("route-off", "wasm-empty"),
+        "wasm_sticky_vs_native": ratio("wasm-sticky", "native"),
+        "wasm_sticky_new_vs_native_new": ratio("wasm-sticky-new", "native-new"),
+        "cookie_vs_wasm_sticky": ratio("cookie", "wasm-sticky"),
+        "cookie_new_vs_wasm_sticky_new": ratio("cookie-new", "wasm-sticky-new"),
     }
     ratios["sched_returning_cookie_vs_native"] = ratio("cookie", "native", "sched_us_per_req")
     ratios["sched_new_cookie_vs_native_new"] = ratio("cookie-new", "native-new", "sched_us_per_req")
@@ -1031,6 +1060,17 @@ def markdown(res: dict, svg_name: str) -> str:
                           ("route_off_vs_wasm_empty", "tether disabled on the route / empty wasm filter")):
             if r.get(key):
                 out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | tether's own work |")
+    for key, text, note in (
+            ("wasm_sticky_vs_native", "cheapest sticky wasm filter returning / native returning",
+             "the floor of any proxy-wasm sticky filter here"),
+            ("wasm_sticky_new_vs_native_new", "cheapest sticky wasm filter new / native new",
+             "the floor of any proxy-wasm sticky filter here"),
+            ("cookie_vs_wasm_sticky", "tether cookie returning / cheapest sticky wasm filter",
+             "tokens, expiry, stripping, checks"),
+            ("cookie_new_vs_wasm_sticky_new", "tether cookie new / cheapest sticky wasm filter new",
+             "sealing, cookie attributes, checks")):
+        if r.get(key):
+            out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | {note} |")
     mod = res["module"]
     out.append(f"| module size | {mod['bytes']:,} B ({mod['kib']} KiB) | ≤ {TARGETS['module_kib_max']} KiB | "
                f"{_verdict(mod['kib'], TARGETS['module_kib_max'])} |")
@@ -1204,8 +1244,13 @@ def parse_args(argv=None):
                    help="do not pin: by default the measured Envoy runs alone on the first CPU, "
                         "the load generator and the backend on the others")
     p.add_argument("--paired", type=int, metavar="N",
-                   help="with --alt-module: N pairs of short alternating runs of two Envoys kept up "
-                        "side by side (the tightest A/B; writes bench/results/paired.json)")
+                   help="with --alt-module or --versus: N pairs of short alternating runs of two "
+                        "Envoys kept up side by side (the tightest A/B; writes "
+                        "bench/results/paired.json)")
+    p.add_argument("--versus", metavar="A:B,...",
+                   type=lambda s: [tuple(x.split(":", 1)) for x in s.split(",") if x],
+                   help="with --paired: variant B against variant A, same module "
+                        "(e.g. native:wasm-sticky,native-new:wasm-sticky-new)")
     p.add_argument("--render", metavar="JSON", help="only redo the SVG and Markdown from a results JSON")
     a = p.parse_args(argv)
     q = a.quick
@@ -1271,16 +1316,22 @@ def main(argv=None) -> int:
     if args.pin and len(cpus) >= 2:
         PIN["front"], PIN["load"] = {cpus[0]}, set(cpus[1:])
     if args.paired:
-        if not args.alt_module:
-            print("--paired needs --alt-module", file=sys.stderr)
+        if not args.alt_module and not args.versus:
+            print("--paired needs --alt-module or --versus", file=sys.stderr)
+            return 2
+        unknown = [k for pair in args.versus or [] for k in pair if k not in VARIANTS]
+        if unknown or any(len(pair) != 2 for pair in args.versus or []):
+            print(f"--versus: pairs of variants A:B, unknown: {unknown}", file=sys.stderr)
             return 2
         args.module = args.module or harness.WASM.resolve()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        log(f"paired A/B: A {args.module.name}, B {args.alt_module.name}, {args.paired} pairs x "
-            f"{args.requests} requests")
+        what = (f"A {args.module.name}, B {args.alt_module.name}" if args.alt_module
+                else "variants " + ", ".join(f"{a} vs {b}" for a, b in args.versus))
+        log(f"paired A/B: {what}, {args.paired} pairs x {args.requests} requests")
         with bench_with_backend(args) as bench:
             res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   "machine": machine_info(), "a": str(args.module), "b": str(args.alt_module),
+                   "machine": machine_info(), "a": str(args.module),
+                   "b": str(args.alt_module or args.module), "versus": args.versus,
                    "pairs": args.paired, "requests": args.requests,
                    "variants": bench.paired(args.paired)}
         (RESULTS / "paired.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
