@@ -873,7 +873,8 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
 
     # module load time: start to /ready with tether minus without
     tether_ready = [m["ready_s"] for k, items in runs.items() if VARIANTS[k][1] == "tether" for m in items]
-    plain_ready = [m["ready_s"] for k, items in runs.items() if VARIANTS[k][1] != "tether" for m in items]
+    plain_ready = [m["ready_s"] for k, items in runs.items() if VARIANTS[k][1] in ("none", "native")
+                   for m in items]
     load_time = {"dedicated": {k: stats(v) for k, v in load.items() if v}}
     if load.get("none") and load.get("tether"):
         load_time["load_ms"] = (statistics.median(load["tether"]) - statistics.median(load["none"])) * 1000
