@@ -61,6 +61,7 @@ WRK_LUA = BENCH / "wrk.lua"
 # Floors written by hand in WebAssembly text, assembled with Binaryen's wasm-as: the cheapest
 # proxy-wasm filter there is (bench/empty.wat), and the cheapest sticky one (bench/sticky.wat).
 WAT_MODULES = {"empty": BENCH / "empty.wat", "sticky": BENCH / "sticky.wat"}
+STICKY_WAT_COOKIE = "s"  # the cookie bench/sticky.wat sets and reads
 WASM_AS = REPO / ".tools" / "node_modules" / ".bin" / "wasm-as"
 MARK_START = "<!-- results:start -->"
 MARK_END = "<!-- results:end -->"
@@ -531,21 +532,14 @@ class Bench:
                 cred = f"cookie: native={sc.value}"
                 check = self.pin_check(c, first=r.backend, headers=[("cookie", f"native={sc.value}")])
                 headers = [cred]
-            elif shape == "cookie-returning":
+            elif shape in ("cookie-returning", "sticky-returning"):
+                name = harness.COOKIE if shape == "cookie-returning" else STICKY_WAT_COOKIE
                 r = c.request("/", cookie=None)
-                sc = r.set_cookie(harness.COOKIE)
+                sc = r.set_cookie(name)
                 if sc is None:
-                    raise RuntimeError(f"tether set no cookie: {r.headers}")
-                check = self.pin_check(c, first=r.backend,
-                                       headers=[("cookie", f"{harness.COOKIE}={sc.value}")])
-                headers = [f"cookie: {harness.COOKIE}={sc.value}"]
-            elif shape == "sticky-returning":
-                r = c.request("/", cookie=None)
-                sc = r.set_cookie("s")
-                if sc is None:
-                    raise RuntimeError(f"sticky.wat set no cookie: {r.headers}")
-                check = self.pin_check(c, first=r.backend, headers=[("cookie", f"s={sc.value}")])
-                headers = [f"cookie: s={sc.value}"]
+                    raise RuntimeError(f"{key} set no cookie {name!r}: {r.headers}")
+                check = self.pin_check(c, first=r.backend, headers=[("cookie", f"{name}={sc.value}")])
+                headers = [f"cookie: {name}={sc.value}"]
             elif shape == "header-returning":
                 r = c.request("/", cookie=None)
                 tok = r.header(TOKEN_HEADER)
@@ -572,7 +566,8 @@ class Bench:
                 base = key.split("@")[0]
                 if base in ("cookie-new", "native-new", "wasm-sticky-new"):
                     r = c.request("/", cookie=None)
-                    name = {"native-new": "native", "wasm-sticky-new": "s"}.get(base, harness.COOKIE)
+                    name = {"native-new": "native",
+                            "wasm-sticky-new": STICKY_WAT_COOKIE}.get(base, harness.COOKIE)
                     check["set_cookie_each_response"] = r.set_cookie(name) is not None
             return headers, ids, warm_ids, check
         finally:
@@ -645,7 +640,7 @@ class Bench:
                 sides = []
                 try:
                     for side, (key, wasm) in (("a", side_a), ("b", side_b)):
-                        label, kind, plugin_cfg, shape = VARIANTS[key.split("@")[0]]
+                        _, kind, plugin_cfg, shape = VARIANTS[key.split("@")[0]]
                         envoy, port = self.start_front(f"pair-{key.replace('@', '-')}-{side}-{start}",
                                                        kind, plugin_cfg, wasm)
                         sides.append((envoy, port, [], None, shape))
@@ -1052,16 +1047,13 @@ def markdown(res: dict, svg_name: str) -> str:
         bpb = sc["bytes_per_binding_largest"]
         out.append(f"| RSS per binding at {big['reached']:,} bindings | {bpb:.0f} B | ≤ "
                    f"{TARGETS['bytes_per_binding_max']} B | {_verdict(bpb, TARGETS['bytes_per_binding_max'])} |")
-    wf = r.get("wasm_empty_vs_native")
-    if wf:
-        out.append(f"| (for reference) empty proxy-wasm filter / native returning | "
-                   f"{_fmt_ratio(wf)} | | the floor of any wasm filter here |")
-        for key, text in (("cookie_vs_wasm_empty", "tether cookie returning / empty wasm filter"),
-                          ("cookie_new_vs_wasm_empty", "tether cookie new / empty wasm filter"),
-                          ("route_off_vs_wasm_empty", "tether disabled on the route / empty wasm filter")):
-            if r.get(key):
-                out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | tether's own work |")
     for key, text, note in (
+            ("wasm_empty_vs_native", "empty proxy-wasm filter / native returning",
+             "the floor of any wasm filter here"),
+            ("cookie_vs_wasm_empty", "tether cookie returning / empty wasm filter", "tether's own work"),
+            ("cookie_new_vs_wasm_empty", "tether cookie new / empty wasm filter", "tether's own work"),
+            ("route_off_vs_wasm_empty", "tether disabled on the route / empty wasm filter",
+             "tether's own work"),
             ("wasm_sticky_vs_native", "cheapest sticky wasm filter returning / native returning",
              "the floor of any proxy-wasm sticky filter here"),
             ("wasm_sticky_new_vs_native_new", "cheapest sticky wasm filter new / native new",

@@ -1,39 +1,15 @@
 """HTTP/2 clients (cleartext, prior knowledge, as curl and gRPC clients speak it to the shipped
 listener): sessions pin as over HTTP/1.1, and a Cookie sent as several header fields, which
 HTTP/2 allows (RFC 9113 8.2.3; browsers do it to compress better), still carries the session."""
-import json
 import shutil
 import subprocess
 
-from harness import COOKIE, ROUTING_HEADER
+from harness import COOKIE, ROUTING_HEADER, Response
 
 CURL = shutil.which("curl")
 
 
-class H2Response:
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
-        self.status, self.headers, self.body = status, headers, body
-
-    def header(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n == name]
-
-    @property
-    def backend(self) -> str | None:
-        values = self.header("x-backend")
-        return values[0] if values else None
-
-    def token(self) -> str | None:
-        for sc in self.header("set-cookie"):
-            name, _, rest = sc.partition("=")
-            if name.strip() == COOKIE:
-                return rest.split(";", 1)[0]
-        return None
-
-    def echoed(self, name: str) -> list[str]:
-        return json.loads(self.body).get("headers", {}).get(name, [])
-
-
-def h2_get(port: int, headers: list[str] = ()) -> H2Response:
+def h2_get(port: int, headers: list[str] = ()) -> Response:
     """One GET over HTTP/2 with curl (each -H a header field of its own)."""
     assert CURL, "curl is missing: .ci/run installs it with apt-get"
     cmd = [CURL, "-sS", "-i", "--http2-prior-knowledge", "--max-time", "5"]
@@ -50,14 +26,15 @@ def h2_get(port: int, headers: list[str] = ()) -> H2Response:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers.append((name.strip().lower(), value.strip()))
-    return H2Response(status, headers, body)
+    return Response(status, headers, body)
 
 
 def test_h2_session_is_issued_then_pinned(env):
     first = h2_get(env.port)
     assert first.status == 200 and first.backend in env.backends, first.headers
-    token = first.token()
-    assert token, f"no {COOKIE} cookie over HTTP/2: {first.header('set-cookie')}"
+    sc = first.set_cookie(COOKIE)
+    assert sc is not None, f"no {COOKIE} cookie over HTTP/2: {first.header('set-cookie')}"
+    token = sc.value
     seen = {h2_get(env.port, [f"cookie: {COOKIE}={token}"]).backend for _ in range(6)}
     assert seen == {first.backend}, f"HTTP/2 session moved: first {first.backend}, then {seen}"
     # and new HTTP/2 sessions are still spread
@@ -67,15 +44,16 @@ def test_h2_session_is_issued_then_pinned(env):
 
 def test_h2_cookie_in_several_fields_still_pins_and_is_stripped(env):
     first = h2_get(env.port)
-    token = first.token()
-    assert token, first.header("set-cookie")
+    sc = first.set_cookie(COOKIE)
+    assert sc is not None, first.header("set-cookie")
+    token = sc.value
     for fields in (["cookie: a=1", f"cookie: {COOKIE}={token}", "cookie: b=2"],
                    [f"cookie: {COOKIE}={token}", "cookie: a=1"],
                    ["cookie: a=1", f"cookie: {COOKIE}={token}"]):
         r = h2_get(env.port, fields)
         assert r.status == 200 and r.backend == first.backend, (fields, r.backend, first.backend)
         assert r.header("set-cookie") == [], (fields, r.header("set-cookie"))
-        sent_to_backend = "; ".join(r.echoed("cookie"))
+        sent_to_backend = "; ".join(r.echoed_headers().get("cookie", []))
         assert f"{COOKIE}=" not in sent_to_backend, f"tether's cookie reached the backend: {sent_to_backend!r}"
         assert "a=1" in sent_to_backend, f"the other cookies were lost: {sent_to_backend!r}"
 
@@ -87,5 +65,4 @@ def test_h2_client_cannot_steer_with_the_routing_header(env):
     assert len({r.backend for r in seen}) >= 2, \
         f"a client-sent {ROUTING_HEADER} steered HTTP/2 requests: {[r.backend for r in seen]}"
     for r in seen:
-        headers = json.loads(r.body).get("headers", {})
-        assert ROUTING_HEADER not in headers, f"backend saw {ROUTING_HEADER}: {headers}"
+        assert ROUTING_HEADER not in r.echoed_headers(), f"backend saw {ROUTING_HEADER}: {r.echoed_headers()}"
