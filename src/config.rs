@@ -1,27 +1,37 @@
-//! Plugin configuration: the JSON a user writes, checked field by field and compiled into
-//! [`Settings`], the form the request path uses.
+//! Plugin configuration: the JSON a user writes, read into typed structs (serde, unknown fields
+//! refused) and then checked for meaning and compiled into [`Config`], the form the request
+//! path uses. Either stage refuses with one [`ConfigError`] naming the field's path
+//! (`routes.cart.cookie.same_site: ...`), which is what a person reading Envoy's log needs.
 //!
-//! The JSON is walked by hand (over `serde_json::Value`) rather than derived, so that every
-//! refusal names the field at fault (`cookie.same_site: ...`), which is what a person reading
-//! Envoy's log needs, and what serde's type errors do not give.
+//! A route's fields override the top level's (objects merge field by field). A field that does
+//! not apply to the session type it is written for is refused (`trusted_hops` with `cookie`);
+//! one a route inherits from the top level and cannot use is ignored.
 
-use serde_json::{Map, Value};
+use crate::pin::Lifetimes;
+use crate::secret::{Key, KEY_LEN};
+use crate::table::TableShape;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 
-/// Defaults, named once; the README's config reference lists the same values.
+/// Defaults, named once; docs/configuration.md lists the same values.
 pub const DEFAULT_SESSION_NAME: &str = "tether";
 pub const DEFAULT_HOST_HEADER: &str = "x-tether-host";
 pub const DEFAULT_COOKIE_PATH: &str = "/";
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 pub const DEFAULT_UNAVAILABLE_STATUS: u16 = 503;
 pub const DEFAULT_RETRY_AFTER_S: u64 = 5;
-/// Bytes of a token key.
-pub const KEY_LEN: usize = 32;
 /// Bounds that keep a typo from becoming an outage or an allocation storm.
 pub const MAX_MAX_SESSIONS: usize = 10_000_000;
 pub const MIN_MAX_SESSIONS: usize = 8;
 pub const MAX_TRUSTED_HOPS: usize = 16;
 pub const MAX_KEYS: usize = 8;
+/// Longest session name (a cookie, header or query parameter name).
+pub const MAX_NAME_LEN: usize = 128;
+/// The request header tether sets on a strict session's requests, for the route that keeps
+/// them on their endpoint (envoy/envoy.yaml's `app-strict`). Owned like the host header.
+pub const STRICT_HEADER: &str = "x-tether-strict";
 
 /// A refused configuration: the field (dotted path) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +57,11 @@ fn err(field: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// ------------------------------------------------------------------------------------------
+// The shape: what serde reads.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionType {
     /// tether issues a sealed token in a cookie named `session_name`.
     Cookie,
@@ -60,7 +74,19 @@ pub enum SessionType {
     SourceIp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl SessionType {
+    fn name(self) -> &'static str {
+        match self {
+            SessionType::Cookie => "cookie",
+            SessionType::Header => "header",
+            SessionType::Learn => "learn",
+            SessionType::SourceIp => "source_ip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LearnFrom {
     /// The backend sets a cookie named `session_name` (e.g. JSESSIONID).
     Cookie,
@@ -70,22 +96,23 @@ pub enum LearnFrom {
     Query,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnUnavailable {
-    /// The session moves to the endpoint that served it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnUnavailable {
     Rebalance,
-    /// The session stays; the client gets `unavailable_status` with `Retry-After`.
     Strict,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SameSite {
     Lax,
     Strict,
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LifetimeType {
     /// A browser-session cookie: no Expires, no Max-Age.
     Session,
@@ -93,554 +120,163 @@ pub enum LifetimeType {
     Permanent,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CookieSettings {
-    pub path: String,
-    pub domain: Option<String>,
-    pub secure: bool,
-    pub http_only: bool,
-    pub same_site: SameSite,
-    pub lifetime_type: LifetimeType,
+/// Every field of a policy, as written (`None`: not written, or `null`). The same struct reads
+/// the top level and each route; where `routes` and `disabled` may stand is checked after.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object of tether's fields")]
+struct Fields {
+    #[serde(rename = "type")]
+    kind: Option<SessionType>,
+    session_name: Option<Name>,
+    learn_from: Option<LearnFrom>,
+    trusted_hops: Option<u64>,
+    keys: Option<Vec<KeyText>>,
+    cookie: Option<CookieFields>,
+    absolute_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    on_unavailable: Option<OnUnavailable>,
+    unavailable_status: Option<u64>,
+    retry_after: Option<Duration>,
+    max_sessions: Option<u64>,
+    upstream: Option<UpstreamFields>,
+    routes: Option<BTreeMap<String, Fields>>,
+    disabled: Option<bool>,
 }
 
-/// The compiled configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub session_type: SessionType,
-    pub session_name: String,
-    pub cookie: CookieSettings,
-    /// Milliseconds; `None` means no limit.
-    pub absolute_timeout_ms: Option<u64>,
-    /// Milliseconds; `None` means no limit.
-    pub idle_timeout_ms: Option<u64>,
-    /// Lower-case header name that Envoy's `override_host` policy reads.
-    pub host_header: String,
-    /// Lower-case header name a route matches to pick the session's cluster.
-    pub cluster_header: Option<String>,
-    pub learn_from: LearnFrom,
-    /// `X-Forwarded-For` entries added by trusted proxies (source_ip); 0: the peer address.
-    pub trusted_hops: usize,
-    /// Token keys: the first seals, all open. Empty: a random key per Envoy process.
-    pub keys: Vec<[u8; KEY_LEN]>,
-    pub on_unavailable: OnUnavailable,
-    pub unavailable_status: u16,
-    pub retry_after_s: u64,
-    /// Bindings the table holds at most (learn and source_ip).
-    pub max_sessions: usize,
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object of cookie attributes")]
+struct CookieFields {
+    path: Option<CookiePath>,
+    domain: Option<CookieDomain>,
+    secure: Option<bool>,
+    http_only: Option<bool>,
+    same_site: Option<SameSite>,
+    lifetime_type: Option<LifetimeType>,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            session_type: SessionType::Cookie,
-            session_name: DEFAULT_SESSION_NAME.to_string(),
-            cookie: CookieSettings {
-                path: DEFAULT_COOKIE_PATH.to_string(),
-                domain: None,
-                secure: false,
-                http_only: true,
-                same_site: SameSite::Lax,
-                lifetime_type: LifetimeType::Session,
-            },
-            absolute_timeout_ms: None,
-            idle_timeout_ms: None,
-            host_header: DEFAULT_HOST_HEADER.to_string(),
-            cluster_header: None,
-            learn_from: LearnFrom::Cookie,
-            trusted_hops: 0,
-            keys: Vec::new(),
-            on_unavailable: OnUnavailable::Rebalance,
-            unavailable_status: DEFAULT_UNAVAILABLE_STATUS,
-            retry_after_s: DEFAULT_RETRY_AFTER_S,
-            max_sessions: DEFAULT_MAX_SESSIONS,
-        }
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with host_header and cluster_header"
+)]
+struct UpstreamFields {
+    host_header: Option<Name>,
+    cluster_header: Option<Name>,
+}
+
+/// An RFC 7230 `token` (what both a cookie name and a header name may be made of).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Name(String);
+
+/// A key: base64 (either alphabet, padded or not) of `KEY_LEN` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyText(Key);
+
+/// A Gateway API duration, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Duration(u64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CookiePath(String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CookieDomain(String);
+
+/// Reads a string and checks it with `check`, whose error becomes the field's error.
+fn checked_string<'de, D, T>(
+    d: D,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(d)?;
+    check(&text).map_err(de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| check_token(s).map(|()| Name(s.to_string())))
     }
 }
 
-/// The whole plugin configuration: the top-level policy, and per-route policies keyed by
-/// Envoy route name (`None`: tether is disabled on that route).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginConfig {
-    pub default: Settings,
-    pub routes: Vec<(String, Option<Settings>)>,
-}
-
-impl PluginConfig {
-    /// Parses and checks the plugin configuration. Empty input (no configuration) means
-    /// every default.
-    pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(PluginConfig {
-                default: Settings::default(),
-                routes: Vec::new(),
-            });
-        }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| err("", format!("configuration is not valid JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| err("", "configuration must be a JSON object"))?;
-        let mut base = obj.clone();
-        let routes = match base.remove("routes") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(r)) => r,
-            Some(other) => return Err(err("routes", format!("expected an object, got {other}"))),
-        };
-        let default = Settings::from_object(&base, "")?;
-        let mut compiled = Vec::with_capacity(routes.len());
-        for (name, route) in &routes {
-            let prefix = format!("routes.{name}");
-            if name.is_empty() {
-                return Err(err("routes", "a route name must not be empty"));
-            }
-            let Value::Object(route) = route else {
-                return Err(err(&prefix, format!("expected an object, got {route}")));
-            };
-            let mut route = route.clone();
-            let disabled = match route.remove("disabled") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => b,
-                Some(other) => {
-                    return Err(err(
-                        &format!("{prefix}.disabled"),
-                        format!("expected true or false, got {other}"),
-                    ))
-                }
-            };
-            if route.contains_key("routes") {
-                return Err(err(&format!("{prefix}.routes"), "routes do not nest"));
-            }
-            // A route's fields override the top level's; objects merge field by field.
-            let mut merged = base.clone();
-            merge(&mut merged, &route);
-            let settings = Settings::from_object(&merged, &format!("{prefix}."))?;
-            compiled.push((name.clone(), (!disabled).then_some(settings)));
-        }
-        Ok(PluginConfig {
-            default,
-            routes: compiled,
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| {
+            let bytes = crate::encoding::base64_decode(s.as_bytes())
+                .ok_or_else(|| "is not base64".to_string())?;
+            let len = bytes.len();
+            Key::try_from(bytes)
+                .map(KeyText)
+                .map_err(|_| format!("decodes to {len} bytes; a key is {KEY_LEN} random bytes"))
         })
     }
 }
 
-fn merge(base: &mut Map<String, Value>, over: &Map<String, Value>) {
-    for (key, value) in over {
-        match (base.get_mut(key), value) {
-            (Some(Value::Object(b)), Value::Object(o)) => merge(b, o),
-            _ => {
-                base.insert(key.clone(), value.clone());
-            }
-        }
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| parse_duration_ms(s).map(Duration))
     }
 }
 
-impl Settings {
-    /// One policy, without routes (tests and tools).
-    pub fn parse(bytes: &[u8]) -> Result<Settings, ConfigError> {
-        let config = PluginConfig::parse(bytes)?;
-        if !config.routes.is_empty() {
-            return Err(err("routes", "not allowed here"));
-        }
-        Ok(config.default)
-    }
-
-    fn from_object(obj: &Map<String, Value>, prefix: &str) -> Result<Settings, ConfigError> {
-        let mut fields = Fields::new(obj, prefix.trim_end_matches('.'));
-        let mut s = Settings::default();
-        let at = |field: &str| format!("{prefix}{field}");
-
-        if let Some(kind) = fields.string("type")? {
-            s.session_type = match kind {
-                "cookie" => SessionType::Cookie,
-                "header" => SessionType::Header,
-                "learn" => SessionType::Learn,
-                "source_ip" => SessionType::SourceIp,
-                other => {
-                    return Err(err(
-                        &at("type"),
-                        format!("unknown session type {other:?}; expected \"cookie\", \"header\", \"learn\" or \"source_ip\""),
-                    ))
-                }
-            };
-        }
-        if let Some(name) = fields.string("session_name")? {
-            check_token(&at("session_name"), name)?;
-            s.session_name = name.to_string();
-        }
-        if let Some(from) = fields.string("learn_from")? {
-            s.learn_from = match from {
-                "cookie" => LearnFrom::Cookie,
-                "header" => LearnFrom::Header,
-                "query" => LearnFrom::Query,
-                other => {
-                    return Err(err(
-                        &at("learn_from"),
-                        format!(
-                            "unknown value {other:?}; expected \"cookie\", \"header\" or \"query\""
-                        ),
-                    ))
-                }
-            };
-        }
-        if let Some(hops) = fields.integer("trusted_hops", 0, MAX_TRUSTED_HOPS as u64)? {
-            s.trusted_hops = hops as usize;
-        }
-        if let Some(keys) = fields.array("keys")? {
-            if keys.is_empty() || keys.len() > MAX_KEYS {
-                return Err(err(
-                    &at("keys"),
-                    format!("must list 1 to {MAX_KEYS} keys (leave the field out for a random key per Envoy process)"),
-                ));
+impl<'de> Deserialize<'de> for CookiePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| {
+            if !s.starts_with('/') {
+                return Err(format!("{s:?} must start with '/'"));
             }
-            for (i, key) in keys.iter().enumerate() {
-                let field = at(&format!("keys[{i}]"));
-                let text = key
-                    .as_str()
-                    .ok_or_else(|| err(&field, format!("expected a string, got {key}")))?;
-                let bytes = crate::token::base64_decode(text.as_bytes())
-                    .ok_or_else(|| err(&field, "is not base64"))?;
-                let key: [u8; KEY_LEN] = bytes.try_into().map_err(|b: Vec<u8>| {
-                    err(
-                        &field,
-                        format!(
-                            "decodes to {} bytes; a key is {KEY_LEN} random bytes",
-                            b.len()
-                        ),
-                    )
-                })?;
-                s.keys.push(key);
-            }
-        }
-        if let Some(mode) = fields.string("on_unavailable")? {
-            s.on_unavailable = match mode {
-                "rebalance" => OnUnavailable::Rebalance,
-                "strict" => OnUnavailable::Strict,
-                other => {
-                    return Err(err(
-                        &at("on_unavailable"),
-                        format!("unknown value {other:?}; expected \"rebalance\" or \"strict\""),
-                    ))
-                }
-            };
-        }
-        if let Some(status) = fields.integer("unavailable_status", 200, 599)? {
-            s.unavailable_status = status as u16;
-        }
-        if let Some(d) = fields.string("retry_after")? {
-            s.retry_after_s = parse_duration_ms(&at("retry_after"), d)?.div_ceil(1000);
-        }
-        if let Some(n) = fields.integer(
-            "max_sessions",
-            MIN_MAX_SESSIONS as u64,
-            MAX_MAX_SESSIONS as u64,
-        )? {
-            s.max_sessions = n as usize;
-        }
-        if let Some(cookie) = fields.object("cookie")? {
-            let mut c = Fields::new(cookie, &at("cookie"));
-            if let Some(path) = c.string("path")? {
-                check_cookie_path(&at("cookie.path"), path)?;
-                s.cookie.path = path.to_string();
-            }
-            if let Some(domain) = c.string("domain")? {
-                check_cookie_domain(&at("cookie.domain"), domain)?;
-                s.cookie.domain = Some(domain.to_string());
-            }
-            if let Some(secure) = c.boolean("secure")? {
-                s.cookie.secure = secure;
-            }
-            if let Some(http_only) = c.boolean("http_only")? {
-                s.cookie.http_only = http_only;
-            }
-            if let Some(same_site) = c.string("same_site")? {
-                s.cookie.same_site = match same_site {
-                    "lax" => SameSite::Lax,
-                    "strict" => SameSite::Strict,
-                    "none" => SameSite::None,
-                    other => {
-                        return Err(err(
-                            &at("cookie.same_site"),
-                            format!(
-                                "unknown value {other:?}; expected \"lax\", \"strict\" or \"none\""
-                            ),
-                        ))
-                    }
-                };
-            }
-            if let Some(lifetime) = c.string("lifetime_type")? {
-                s.cookie.lifetime_type = match lifetime {
-                    "session" => LifetimeType::Session,
-                    "permanent" => LifetimeType::Permanent,
-                    other => {
-                        return Err(err(
-                            &at("cookie.lifetime_type"),
-                            format!(
-                                "unknown value {other:?}; expected \"session\" or \"permanent\""
-                            ),
-                        ))
-                    }
-                };
-            }
-            c.finish()?;
-        }
-        if let Some(d) = fields.string("absolute_timeout")? {
-            s.absolute_timeout_ms = Some(parse_duration_ms(&at("absolute_timeout"), d)?);
-        }
-        if let Some(d) = fields.string("idle_timeout")? {
-            s.idle_timeout_ms = Some(parse_duration_ms(&at("idle_timeout"), d)?);
-        }
-        if let Some(upstream) = fields.object("upstream")? {
-            let mut u = Fields::new(upstream, &at("upstream"));
-            if let Some(h) = u.string("host_header")? {
-                check_token(&at("upstream.host_header"), h)?;
-                s.host_header = h.to_ascii_lowercase();
-            }
-            if let Some(h) = u.string("cluster_header")? {
-                check_token(&at("upstream.cluster_header"), h)?;
-                s.cluster_header = Some(h.to_ascii_lowercase());
-            }
-            u.finish()?;
-        }
-        fields.finish()?;
-
-        if s.cookie.lifetime_type == LifetimeType::Permanent && s.absolute_timeout_ms.is_none() {
-            return Err(err(
-                &at("cookie.lifetime_type"),
-                "\"permanent\" needs absolute_timeout (the cookie's Max-Age)",
-            ));
-        }
-        if s.cookie.same_site == SameSite::None && !s.cookie.secure {
-            return Err(err(
-                &at("cookie.same_site"),
-                "\"none\" needs cookie.secure: true (browsers drop SameSite=None cookies without Secure)",
-            ));
-        }
-        for (field, header) in [
-            ("upstream.host_header", Some(&s.host_header)),
-            ("upstream.cluster_header", s.cluster_header.as_ref()),
-        ] {
-            if let Some(h) = header {
-                if RESERVED_HEADERS.contains(&h.as_str()) {
-                    return Err(err(
-                        &at(field),
-                        format!("{h:?} is a header Envoy needs for itself"),
-                    ));
-                }
-            }
-        }
-        if s.cluster_header.as_ref() == Some(&s.host_header) {
-            return Err(err(
-                &at("upstream.cluster_header"),
-                "must differ from upstream.host_header",
-            ));
-        }
-        let carries_in_header = matches!(s.session_type, SessionType::Header)
-            || (s.session_type == SessionType::Learn && s.learn_from == LearnFrom::Header);
-        if carries_in_header {
-            let name = s.session_name.to_ascii_lowercase();
-            if RESERVED_HEADERS.contains(&name.as_str())
-                || name == s.host_header
-                || Some(&name) == s.cluster_header.as_ref()
-            {
-                return Err(err(
-                    &at("session_name"),
-                    format!("{name:?} cannot carry sessions as a header"),
-                ));
-            }
-        }
-        Ok(s)
-    }
-
-    /// The request header that carries the session, for the types that use one.
-    pub fn session_header(&self) -> Option<String> {
-        match (self.session_type, self.learn_from) {
-            (SessionType::Header, _) | (SessionType::Learn, LearnFrom::Header) => {
-                Some(self.session_name.to_ascii_lowercase())
-            }
-            _ => None,
-        }
+            check_attribute_text(s).map(|()| CookiePath(s.to_string()))
+        })
     }
 }
 
-const RESERVED_HEADERS: &[&str] = &[
-    "cookie",
-    "set-cookie",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "upgrade",
-    "x-forwarded-for",
-];
-
-/// Reads the fields of one JSON object, remembering which were read so that `finish` can
-/// refuse the rest as unknown. `null` counts as absent (the default applies).
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    prefix: String,
-    seen: Vec<&'static str>,
-}
-
-impl<'a> Fields<'a> {
-    fn new(obj: &'a Map<String, Value>, prefix: &str) -> Self {
-        Fields {
-            obj,
-            prefix: prefix.to_string(),
-            seen: Vec::new(),
-        }
-    }
-
-    fn integer(
-        &mut self,
-        name: &'static str,
-        min: u64,
-        max: u64,
-    ) -> Result<Option<u64>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(err(
-                    &self.path(name),
-                    format!("expected a whole number from {min} to {max}, got {v}"),
-                )),
-            },
-        }
-    }
-
-    fn array(&mut self, name: &'static str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Array(a)) => Ok(Some(a)),
-            Some(other) => Err(err(
-                &self.path(name),
-                format!("expected a list, got {other}"),
-            )),
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{}", self.prefix, name)
-        }
-    }
-
-    fn get(&mut self, name: &'static str) -> Option<&'a Value> {
-        self.seen.push(name);
-        self.obj.get(name).filter(|v| !v.is_null())
-    }
-
-    fn string(&mut self, name: &'static str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(other) => Err(err(
-                &self.path(name),
-                format!("expected a string, got {other}"),
-            )),
-        }
-    }
-
-    fn boolean(&mut self, name: &'static str) -> Result<Option<bool>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(err(
-                &self.path(name),
-                format!("expected true or false, got {other}"),
-            )),
-        }
-    }
-
-    fn object(
-        &mut self,
-        name: &'static str,
-    ) -> Result<Option<&'a Map<String, Value>>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Object(o)) => Ok(Some(o)),
-            Some(other) => Err(err(
-                &self.path(name),
-                format!("expected an object, got {other}"),
-            )),
-        }
-    }
-
-    fn finish(self) -> Result<(), ConfigError> {
-        match self.obj.keys().find(|k| !self.seen.contains(&k.as_str())) {
-            Some(unknown) => Err(err(
-                &self.path(unknown),
-                format!("unknown field; expected one of: {}", self.seen.join(", ")),
-            )),
-            None => Ok(()),
-        }
+impl<'de> Deserialize<'de> for CookieDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| {
+            if s.is_empty() {
+                return Err("must not be empty (use null for a host-only cookie)".into());
+            }
+            check_attribute_text(s).map(|()| CookieDomain(s.to_string()))
+        })
     }
 }
 
-/// RFC 7230 `token`: what both a cookie name and a header name may be made of.
-fn check_token(field: &str, value: &str) -> Result<(), ConfigError> {
+/// RFC 7230 `token`, at most `MAX_NAME_LEN` characters.
+fn check_token(value: &str) -> Result<(), String> {
     const SEPARATORS: &[u8] = b"!#$%&'*+-.^_`|~";
     if value.is_empty() {
-        return Err(err(field, "must not be empty"));
+        return Err("must not be empty".into());
     }
-    if value.len() > 128 {
-        return Err(err(field, "must be at most 128 characters"));
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!("must be at most {MAX_NAME_LEN} characters"));
     }
-    if let Some(bad) = value
+    match value
         .bytes()
         .find(|b| !(b.is_ascii_alphanumeric() || SEPARATORS.contains(b)))
     {
-        return Err(err(
-            field,
-            format!(
-                "{value:?} has the character {:?}, not allowed in a name",
-                char::from(bad)
-            ),
-        ));
+        Some(bad) => Err(format!(
+            "{value:?} has the character {:?}, not allowed in a name",
+            char::from(bad)
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-fn check_attribute_text(field: &str, value: &str) -> Result<(), ConfigError> {
-    if let Some(bad) = value
+fn check_attribute_text(value: &str) -> Result<(), String> {
+    match value
         .chars()
         .find(|c| *c == ';' || c.is_control() || c.is_whitespace() || !c.is_ascii())
     {
-        return Err(err(field, format!("{value:?} has the character {bad:?}")));
+        Some(bad) => Err(format!("{value:?} has the character {bad:?}")),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-fn check_cookie_path(field: &str, path: &str) -> Result<(), ConfigError> {
-    if !path.starts_with('/') {
-        return Err(err(field, format!("{path:?} must start with '/'")));
-    }
-    check_attribute_text(field, path)
-}
-
-fn check_cookie_domain(field: &str, domain: &str) -> Result<(), ConfigError> {
-    if domain.is_empty() {
-        return Err(err(
-            field,
-            "must not be empty (use null for a host-only cookie)",
-        ));
-    }
-    check_attribute_text(field, domain)
 }
 
 /// Parses a Gateway API duration (`1h`, `30m`, `10s`, `500ms`, `1h30m`): one to four parts,
 /// each of one to five digits and a unit. Zero is refused: a timeout of nothing is a mistake.
-pub fn parse_duration_ms(field: &str, text: &str) -> Result<u64, ConfigError> {
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let bad = || {
-        err(
-            field,
-            format!(
-                "{text:?} is not a duration like \"1h\", \"30m\", \"10s\", \"500ms\" or \"1h30m\""
-            ),
-        )
+        format!("{text:?} is not a duration like \"1h\", \"30m\", \"10s\", \"500ms\" or \"1h30m\"")
     };
     let bytes = text.as_bytes();
     let mut total: u64 = 0;
@@ -688,12 +324,574 @@ pub fn parse_duration_ms(field: &str, text: &str) -> Result<u64, ConfigError> {
         return Err(bad());
     }
     if total == 0 {
-        return Err(err(
-            field,
-            format!("{text:?} is zero; leave the field out for no limit"),
+        return Err(format!(
+            "{text:?} is zero; leave the field out for no limit"
         ));
     }
     Ok(total)
+}
+
+// ------------------------------------------------------------------------------------------
+// The compiled form.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSettings {
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    pub lifetime_type: LifetimeType,
+}
+
+impl Default for CookieSettings {
+    fn default() -> Self {
+        CookieSettings {
+            path: DEFAULT_COOKIE_PATH.to_string(),
+            domain: None,
+            secure: false,
+            http_only: true,
+            same_site: SameSite::Lax,
+            lifetime_type: LifetimeType::Session,
+        }
+    }
+}
+
+/// `on_unavailable: strict`: the answer when the pinned endpoint cannot serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strict {
+    pub status: u16,
+    pub retry_after_s: u64,
+}
+
+/// How a pinned request is routed: the headers tether sets for Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// Lower-case header name that Envoy's `override_host` policy reads.
+    pub host_header: String,
+    /// Lower-case header name a route matches to pick the session's cluster.
+    pub cluster_header: Option<String>,
+    /// `None`: `on_unavailable: rebalance`, the session moves.
+    pub strict: Option<Strict>,
+}
+
+/// Where a learned id comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LearnSource {
+    /// The application's cookie `session_name`; replicas agree through a companion cookie with
+    /// these attributes.
+    Cookie { companion: CookieSettings },
+    /// The request header `header` (lower case).
+    Header { header: String },
+    /// The query parameter `session_name`.
+    Query,
+}
+
+/// The session type with the settings only it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Cookie(CookieSettings),
+    /// `header`: the lower-case header name.
+    Header {
+        header: String,
+    },
+    Learn {
+        source: LearnSource,
+        max_sessions: usize,
+    },
+    SourceIp {
+        trusted_hops: usize,
+        max_sessions: usize,
+    },
+}
+
+/// One policy, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub session_name: String,
+    pub kind: Kind,
+    pub lifetimes: Lifetimes,
+    pub routing: Routing,
+    /// Token keys: the first seals, all open. Empty: the per-Envoy secret.
+    pub keys: Vec<Key>,
+}
+
+impl Settings {
+    pub fn session_type(&self) -> SessionType {
+        match self.kind {
+            Kind::Cookie(_) => SessionType::Cookie,
+            Kind::Header { .. } => SessionType::Header,
+            Kind::Learn { .. } => SessionType::Learn,
+            Kind::SourceIp { .. } => SessionType::SourceIp,
+        }
+    }
+
+    /// The binding table this policy keeps, for the types that keep one.
+    pub fn table_shape(&self) -> Option<TableShape> {
+        match self.kind {
+            Kind::Learn { max_sessions, .. } | Kind::SourceIp { max_sessions, .. } => {
+                Some(TableShape {
+                    capacity: max_sessions,
+                    lifetimes: self.lifetimes,
+                })
+            }
+            Kind::Cookie(_) | Kind::Header { .. } => None,
+        }
+    }
+
+    /// One policy without routes (tests and tools).
+    pub fn parse(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        let config = Config::parse(bytes)?;
+        if !config.routes.is_empty() {
+            return Err(err("routes", "not allowed here"));
+        }
+        Ok(config.default)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        // The empty configuration always compiles; the fallback is never taken.
+        compile(&Fields::default(), "").unwrap_or(Settings {
+            session_name: DEFAULT_SESSION_NAME.to_string(),
+            kind: Kind::Cookie(CookieSettings::default()),
+            lifetimes: Lifetimes::default(),
+            routing: Routing {
+                host_header: DEFAULT_HOST_HEADER.to_string(),
+                cluster_header: None,
+                strict: None,
+            },
+            keys: Vec::new(),
+        })
+    }
+}
+
+/// The whole plugin configuration: the top-level policy, and per-route policies keyed by
+/// Envoy route name (`None`: tether is disabled on that route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub default: Settings,
+    pub routes: Vec<(String, Option<Settings>)>,
+}
+
+impl Config {
+    /// Parses and checks the plugin configuration. Empty input (no configuration) means
+    /// every default.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Config {
+                default: Settings::default(),
+                routes: Vec::new(),
+            });
+        }
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| err("", format!("configuration is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(err("", "configuration must be a JSON object"));
+        }
+        let top: Fields = serde_path_to_error::deserialize(value).map_err(shape_error)?;
+        if top.disabled.is_some() {
+            return Err(err(
+                "disabled",
+                "only a route can be disabled (routes.<name>.disabled)",
+            ));
+        }
+        let top_kind = top.kind.unwrap_or(SessionType::Cookie);
+        check_applies(&top, top_kind, top.learn_from, "")?;
+        let default = compile(&top, "")?;
+        let mut routes = Vec::new();
+        for (name, route) in top.routes.iter().flatten() {
+            let prefix = format!("routes.{name}.");
+            if name.is_empty() {
+                return Err(err("routes", "a route name must not be empty"));
+            }
+            if route.routes.is_some() {
+                return Err(err(&format!("{prefix}routes"), "routes do not nest"));
+            }
+            let merged = merge(&top, route);
+            let kind = merged.kind.unwrap_or(SessionType::Cookie);
+            check_applies(route, kind, merged.learn_from, &prefix)?;
+            if route.disabled == Some(true) {
+                routes.push((name.clone(), None));
+            } else {
+                routes.push((name.clone(), Some(compile(&merged, &prefix)?)));
+            }
+        }
+        let config = Config { default, routes };
+        config.check_shared_tables()?;
+        Ok(config)
+    }
+
+    /// Every enabled policy: the top level's first, then the routes' in name order.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, &Settings)> {
+        std::iter::once(("", &self.default)).chain(
+            self.routes
+                .iter()
+                .filter_map(|(name, s)| s.as_ref().map(|s| (name.as_str(), s))),
+        )
+    }
+
+    /// Policies that name the same binding table (the same session name) share its buckets in
+    /// shared data: they must agree on its capacity and lifetimes, or each would evict and
+    /// expire the other's bindings by its own rules.
+    fn check_shared_tables(&self) -> Result<(), ConfigError> {
+        let tables: Vec<(&str, &Settings, TableShape)> = self
+            .policies()
+            .filter_map(|(route, s)| s.table_shape().map(|shape| (route, s, shape)))
+            .collect();
+        for (i, (route, s, shape)) in tables.iter().enumerate() {
+            let earlier = tables.iter().take(i).find(|(_, o, other)| {
+                o.session_name == s.session_name
+                    && (other != shape || o.session_type() != s.session_type())
+            });
+            if let Some((other_route, ..)) = earlier {
+                let at = |r: &str| {
+                    if r.is_empty() {
+                        "the top level".to_string()
+                    } else {
+                        format!("routes.{r}")
+                    }
+                };
+                let field = if route.is_empty() {
+                    "session_name".to_string()
+                } else {
+                    format!("routes.{route}.session_name")
+                };
+                return Err(err(
+                    &field,
+                    format!(
+                        "{:?} names the binding table of {} with another type, max_sessions or \
+                         timeouts; give both the same settings or different session names",
+                        s.session_name,
+                        at(other_route)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A serde error as a `ConfigError`: the path serde was at, and its message. An unknown field
+/// is reported at its own path, not its parent's.
+fn shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let mut field = if path == "." { String::new() } else { path };
+    let problem = e.into_inner().to_string();
+    let unknown = problem
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    if let Some(name) = unknown.filter(|n| field.rsplit('.').next() != Some(*n)) {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(name);
+    }
+    err(&field, problem)
+}
+
+/// `over` on top of `base`, field by field (objects too); `routes` and `disabled` are the
+/// route's own.
+fn merge(base: &Fields, over: &Fields) -> Fields {
+    let cookie = match (&base.cookie, &over.cookie) {
+        (Some(b), Some(o)) => Some(CookieFields {
+            path: o.path.clone().or_else(|| b.path.clone()),
+            domain: o.domain.clone().or_else(|| b.domain.clone()),
+            secure: o.secure.or(b.secure),
+            http_only: o.http_only.or(b.http_only),
+            same_site: o.same_site.or(b.same_site),
+            lifetime_type: o.lifetime_type.or(b.lifetime_type),
+        }),
+        (b, o) => o.clone().or_else(|| b.clone()),
+    };
+    let upstream = match (&base.upstream, &over.upstream) {
+        (Some(b), Some(o)) => Some(UpstreamFields {
+            host_header: o.host_header.clone().or_else(|| b.host_header.clone()),
+            cluster_header: o
+                .cluster_header
+                .clone()
+                .or_else(|| b.cluster_header.clone()),
+        }),
+        (b, o) => o.clone().or_else(|| b.clone()),
+    };
+    Fields {
+        kind: over.kind.or(base.kind),
+        session_name: over
+            .session_name
+            .clone()
+            .or_else(|| base.session_name.clone()),
+        learn_from: over.learn_from.or(base.learn_from),
+        trusted_hops: over.trusted_hops.or(base.trusted_hops),
+        keys: over.keys.clone().or_else(|| base.keys.clone()),
+        cookie,
+        absolute_timeout: over.absolute_timeout.or(base.absolute_timeout),
+        idle_timeout: over.idle_timeout.or(base.idle_timeout),
+        on_unavailable: over.on_unavailable.or(base.on_unavailable),
+        unavailable_status: over.unavailable_status.or(base.unavailable_status),
+        retry_after: over.retry_after.or(base.retry_after),
+        max_sessions: over.max_sessions.or(base.max_sessions),
+        upstream,
+        routes: None,
+        disabled: over.disabled,
+    }
+}
+
+/// Refuses a field written for a type that has no use for it.
+fn check_applies(
+    written: &Fields,
+    kind: SessionType,
+    learn_from: Option<LearnFrom>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let learns_cookie =
+        kind == SessionType::Learn && learn_from.unwrap_or(LearnFrom::Cookie) == LearnFrom::Cookie;
+    let seals = matches!(kind, SessionType::Cookie | SessionType::Header) || learns_cookie;
+    let has_cookie = kind == SessionType::Cookie || learns_cookie;
+    let keeps_table = matches!(kind, SessionType::Learn | SessionType::SourceIp);
+    let checks = [
+        (
+            "learn_from",
+            written.learn_from.is_some(),
+            kind == SessionType::Learn,
+        ),
+        (
+            "trusted_hops",
+            written.trusted_hops.is_some(),
+            kind == SessionType::SourceIp,
+        ),
+        ("max_sessions", written.max_sessions.is_some(), keeps_table),
+        ("keys", written.keys.is_some(), seals),
+        ("cookie", written.cookie.is_some(), has_cookie),
+    ];
+    match checks
+        .iter()
+        .find(|(_, present, applies)| *present && !applies)
+    {
+        Some((field, ..)) => {
+            let what = if learn_from.is_some() && kind == SessionType::Learn {
+                format!(
+                    "type \"learn\" with learn_from {:?}",
+                    learn_name(learn_from)
+                )
+            } else {
+                format!("type {:?}", kind.name())
+            };
+            Err(err(
+                &format!("{prefix}{field}"),
+                format!("does not apply to {what}"),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+fn learn_name(from: Option<LearnFrom>) -> &'static str {
+    match from.unwrap_or(LearnFrom::Cookie) {
+        LearnFrom::Cookie => "cookie",
+        LearnFrom::Header => "header",
+        LearnFrom::Query => "query",
+    }
+}
+
+/// Headers Envoy or HTTP itself needs: tether must never set, remove or carry sessions in them.
+const RESERVED_HEADERS: &[&str] = &[
+    "cookie",
+    "set-cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-forwarded-for",
+];
+
+/// The meaning of one policy's merged fields.
+fn compile(f: &Fields, prefix: &str) -> Result<Settings, ConfigError> {
+    let at = |field: &str| format!("{prefix}{field}");
+    let kind = f.kind.unwrap_or(SessionType::Cookie);
+    let session_name = f
+        .session_name
+        .as_ref()
+        .map_or(DEFAULT_SESSION_NAME.to_string(), |n| n.0.clone());
+
+    let cookie = compile_cookie(f, prefix)?;
+    let lifetimes = Lifetimes {
+        absolute_ms: f.absolute_timeout.map(|d| d.0),
+        idle_ms: f.idle_timeout.map(|d| d.0),
+    };
+    let learns_cookie = kind == SessionType::Learn
+        && f.learn_from.unwrap_or(LearnFrom::Cookie) == LearnFrom::Cookie;
+    if (kind == SessionType::Cookie || learns_cookie)
+        && cookie.lifetime_type == LifetimeType::Permanent
+        && lifetimes.absolute_ms.is_none()
+    {
+        return Err(err(
+            &at("cookie.lifetime_type"),
+            "\"permanent\" needs absolute_timeout (the cookie's Max-Age)",
+        ));
+    }
+
+    let max_sessions = match f.max_sessions {
+        None => DEFAULT_MAX_SESSIONS,
+        Some(n) => in_range(
+            &at("max_sessions"),
+            n,
+            MIN_MAX_SESSIONS as u64,
+            MAX_MAX_SESSIONS as u64,
+        )?,
+    };
+    let trusted_hops = match f.trusted_hops {
+        None => 0,
+        Some(n) => in_range(&at("trusted_hops"), n, 0, MAX_TRUSTED_HOPS as u64)?,
+    };
+
+    let routing = compile_routing(f, prefix)?;
+    let header_name = session_name.to_ascii_lowercase();
+    let kind = match kind {
+        SessionType::Cookie => Kind::Cookie(cookie),
+        SessionType::Header => Kind::Header {
+            header: carrier_header(&at("session_name"), &header_name, &routing)?,
+        },
+        SessionType::Learn => Kind::Learn {
+            source: match f.learn_from.unwrap_or(LearnFrom::Cookie) {
+                LearnFrom::Cookie => LearnSource::Cookie { companion: cookie },
+                LearnFrom::Header => LearnSource::Header {
+                    header: carrier_header(&at("session_name"), &header_name, &routing)?,
+                },
+                LearnFrom::Query => LearnSource::Query,
+            },
+            max_sessions,
+        },
+        SessionType::SourceIp => Kind::SourceIp {
+            trusted_hops,
+            max_sessions,
+        },
+    };
+
+    let keys = match &f.keys {
+        None => Vec::new(),
+        Some(keys) if keys.is_empty() || keys.len() > MAX_KEYS => {
+            return Err(err(
+                &at("keys"),
+                format!("must list 1 to {MAX_KEYS} keys (leave the field out for a random key per Envoy process)"),
+            ))
+        }
+        Some(keys) => keys.iter().map(|k| k.0).collect(),
+    };
+    Ok(Settings {
+        session_name,
+        kind,
+        lifetimes,
+        routing,
+        keys,
+    })
+}
+
+fn compile_cookie(f: &Fields, prefix: &str) -> Result<CookieSettings, ConfigError> {
+    let d = CookieSettings::default();
+    let Some(c) = &f.cookie else {
+        return Ok(d);
+    };
+    let s = CookieSettings {
+        path: c.path.as_ref().map_or(d.path, |p| p.0.clone()),
+        domain: c.domain.as_ref().map(|p| p.0.clone()),
+        secure: c.secure.unwrap_or(d.secure),
+        http_only: c.http_only.unwrap_or(d.http_only),
+        same_site: c.same_site.unwrap_or(d.same_site),
+        lifetime_type: c.lifetime_type.unwrap_or(d.lifetime_type),
+    };
+    if s.same_site == SameSite::None && !s.secure {
+        return Err(err(
+            &format!("{prefix}cookie.same_site"),
+            "\"none\" needs cookie.secure: true (browsers drop SameSite=None cookies without Secure)",
+        ));
+    }
+    Ok(s)
+}
+
+fn compile_routing(f: &Fields, prefix: &str) -> Result<Routing, ConfigError> {
+    let at = |field: &str| format!("{prefix}{field}");
+    let upstream = f.upstream.clone().unwrap_or_default();
+    let host_header = upstream
+        .host_header
+        .map_or(DEFAULT_HOST_HEADER.to_string(), |n| {
+            n.0.to_ascii_lowercase()
+        });
+    let cluster_header = upstream.cluster_header.map(|n| n.0.to_ascii_lowercase());
+    for (field, header) in [
+        ("upstream.host_header", Some(&host_header)),
+        ("upstream.cluster_header", cluster_header.as_ref()),
+    ] {
+        if let Some(h) = header {
+            if RESERVED_HEADERS.contains(&h.as_str()) || h == STRICT_HEADER {
+                return Err(err(
+                    &at(field),
+                    format!("{h:?} is a header Envoy or tether needs for itself"),
+                ));
+            }
+        }
+    }
+    if cluster_header.as_ref() == Some(&host_header) {
+        return Err(err(
+            &at("upstream.cluster_header"),
+            "must differ from upstream.host_header",
+        ));
+    }
+    let strict = match f.on_unavailable.unwrap_or(OnUnavailable::Rebalance) {
+        OnUnavailable::Rebalance => None,
+        OnUnavailable::Strict => Some(Strict {
+            status: match f.unavailable_status {
+                None => DEFAULT_UNAVAILABLE_STATUS,
+                Some(n) => in_range(&at("unavailable_status"), n, 200, 599)?,
+            },
+            retry_after_s: f
+                .retry_after
+                .map_or(DEFAULT_RETRY_AFTER_S, |d| d.0.div_ceil(1000)),
+        }),
+    };
+    if strict.is_none() {
+        if let Some(n) = f.unavailable_status {
+            // Checked even where unused, so a typo does not wait for the day strict is on.
+            in_range::<u16>(&at("unavailable_status"), n, 200, 599)?;
+        }
+    }
+    Ok(Routing {
+        host_header,
+        cluster_header,
+        strict,
+    })
+}
+
+/// A session header's name, checked against the headers tether and Envoy need for themselves.
+fn carrier_header(field: &str, name: &str, routing: &Routing) -> Result<String, ConfigError> {
+    if RESERVED_HEADERS.contains(&name)
+        || name == STRICT_HEADER
+        || name == routing.host_header
+        || Some(name) == routing.cluster_header.as_deref()
+    {
+        return Err(err(
+            field,
+            format!("{name:?} cannot carry sessions as a header"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// `n` if it lies in `min..=max` (and so fits every integer type those fit).
+fn in_range<T: TryFrom<u64> + Copy>(
+    field: &str,
+    n: u64,
+    min: u64,
+    max: u64,
+) -> Result<T, ConfigError> {
+    match T::try_from(n) {
+        Ok(v) if (min..=max).contains(&n) => Ok(v),
+        _ => Err(err(
+            field,
+            format!("expected a whole number from {min} to {max}, got {n}"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -706,6 +904,13 @@ mod tests {
         Settings::parse(json.as_bytes())
     }
 
+    fn cookie_of(s: &Settings) -> &CookieSettings {
+        match &s.kind {
+            Kind::Cookie(c) => c,
+            other => panic!("not a cookie policy: {other:?}"),
+        }
+    }
+
     #[test]
     fn empty_and_empty_object_give_defaults() {
         assert_eq!(parse("").unwrap(), Settings::default());
@@ -713,18 +918,21 @@ mod tests {
         assert_eq!(parse("{}").unwrap(), Settings::default());
         let d = Settings::default();
         assert_eq!(d.session_name, "tether");
-        assert_eq!(d.host_header, "x-tether-host");
-        assert_eq!(d.cookie.path, "/");
-        assert!(d.cookie.http_only);
-        assert!(!d.cookie.secure);
-        assert_eq!(d.cookie.same_site, SameSite::Lax);
-        assert_eq!(d.cookie.lifetime_type, LifetimeType::Session);
-        assert_eq!(d.absolute_timeout_ms, None);
-        assert_eq!(d.idle_timeout_ms, None);
+        assert_eq!(d.session_type(), SessionType::Cookie);
+        assert_eq!(d.routing.host_header, "x-tether-host");
+        assert_eq!(d.routing.strict, None);
+        let c = cookie_of(&d);
+        assert_eq!(c.path, "/");
+        assert!(c.http_only);
+        assert!(!c.secure);
+        assert_eq!(c.same_site, SameSite::Lax);
+        assert_eq!(c.lifetime_type, LifetimeType::Session);
+        assert_eq!(d.lifetimes, Lifetimes::default());
+        assert!(d.keys.is_empty());
     }
 
     #[test]
-    fn full_example_from_the_readme() {
+    fn full_example_from_the_docs() {
         let s = parse(
             r#"{"type": "cookie", "session_name": "sid",
                 "cookie": {"path": "/app", "domain": "example.com", "secure": true, "http_only": false,
@@ -734,15 +942,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.session_name, "sid");
-        assert_eq!(s.cookie.path, "/app");
-        assert_eq!(s.cookie.domain.as_deref(), Some("example.com"));
-        assert!(s.cookie.secure);
-        assert!(!s.cookie.http_only);
-        assert_eq!(s.cookie.same_site, SameSite::Strict);
-        assert_eq!(s.cookie.lifetime_type, LifetimeType::Permanent);
-        assert_eq!(s.absolute_timeout_ms, Some(86_400_000));
-        assert_eq!(s.idle_timeout_ms, Some(1_800_000));
-        assert_eq!(s.host_header, "x-pin");
+        let c = cookie_of(&s);
+        assert_eq!(c.path, "/app");
+        assert_eq!(c.domain.as_deref(), Some("example.com"));
+        assert!(c.secure);
+        assert!(!c.http_only);
+        assert_eq!(c.same_site, SameSite::Strict);
+        assert_eq!(c.lifetime_type, LifetimeType::Permanent);
+        assert_eq!(s.lifetimes.absolute_ms, Some(86_400_000));
+        assert_eq!(s.lifetimes.idle_ms, Some(1_800_000));
+        assert_eq!(s.routing.host_header, "x-pin");
     }
 
     #[test]
@@ -765,7 +974,7 @@ mod tests {
             ("99999s", 99_999_000),
         ];
         for (text, ms) in ok {
-            assert_eq!(parse_duration_ms("d", text), Ok(ms), "{text}");
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
         }
         for text in [
             "",
@@ -784,7 +993,7 @@ mod tests {
             "1S",
             "1µs",
         ] {
-            assert!(parse_duration_ms("d", text).is_err(), "{text:?} accepted");
+            assert!(parse_duration_ms(text).is_err(), "{text:?} accepted");
         }
     }
 
@@ -826,62 +1035,120 @@ mod tests {
                 r#"{"upstream": {"host_header": "cookie"}}"#,
                 "upstream.host_header",
             ),
+            (
+                r#"{"upstream": {"host_header": "x-tether-strict"}}"#,
+                "upstream.host_header",
+            ),
             (r#"{"upstream": {"cluster": "x"}}"#, "upstream.cluster"),
+            (r#"{"disabled": true}"#, "disabled"),
         ];
         for (json, field) in cases {
             let e = parse(json).expect_err(json);
             assert_eq!(e.field, field, "{json}: {e}");
             assert!(e.to_string().starts_with(field), "{e}");
+            if !field.is_empty() {
+                assert!(!e.to_string().contains(" at line "), "{e}");
+            }
         }
     }
 
     #[test]
     fn same_site_none_with_secure_and_permanent_with_absolute_are_fine() {
         let s = parse(r#"{"cookie": {"same_site": "none", "secure": true, "lifetime_type": "permanent"}, "absolute_timeout": "1h"}"#).unwrap();
-        assert_eq!(s.cookie.same_site, SameSite::None);
-        assert_eq!(s.cookie.lifetime_type, LifetimeType::Permanent);
+        assert_eq!(cookie_of(&s).same_site, SameSite::None);
+        assert_eq!(cookie_of(&s).lifetime_type, LifetimeType::Permanent);
     }
 
     const KEY32: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
     #[test]
-    fn issue_three_fields() {
-        let s = parse(&format!(
-            r#"{{"type": "learn", "learn_from": "query", "trusted_hops": 2, "keys": ["{KEY32}"],
-                "on_unavailable": "strict", "unavailable_status": 429, "retry_after": "1500ms",
-                "max_sessions": 1000, "upstream": {{"cluster_header": "X-Tether-Cluster"}}}}"#
-        ))
+    fn the_types_and_their_fields() {
+        let s = parse(
+            r#"{"type": "learn", "learn_from": "query", "on_unavailable": "strict",
+                "unavailable_status": 429, "retry_after": "1500ms", "max_sessions": 1000,
+                "upstream": {"cluster_header": "X-Tether-Cluster"}}"#,
+        )
         .unwrap();
-        assert_eq!(s.session_type, SessionType::Learn);
-        assert_eq!(s.learn_from, LearnFrom::Query);
-        assert_eq!(s.trusted_hops, 2);
-        assert_eq!(s.keys.len(), 1);
-        assert_eq!(s.keys[0][31], 31);
-        assert_eq!(s.on_unavailable, OnUnavailable::Strict);
-        assert_eq!(s.unavailable_status, 429);
         assert_eq!(
-            s.retry_after_s, 2,
+            s.kind,
+            Kind::Learn {
+                source: LearnSource::Query,
+                max_sessions: 1000
+            }
+        );
+        assert_eq!(
+            s.routing.strict,
+            Some(Strict {
+                status: 429,
+                retry_after_s: 2
+            }),
             "Retry-After is whole seconds, rounded up"
         );
-        assert_eq!(s.max_sessions, 1000);
-        assert_eq!(s.cluster_header.as_deref(), Some("x-tether-cluster"));
-        let d = Settings::default();
         assert_eq!(
-            (d.on_unavailable, d.unavailable_status, d.retry_after_s),
-            (OnUnavailable::Rebalance, 503, 5)
+            s.routing.cluster_header.as_deref(),
+            Some("x-tether-cluster")
         );
-        assert_eq!(d.max_sessions, 100_000);
-        assert_eq!(d.learn_from, LearnFrom::Cookie);
-        assert!(d.keys.is_empty());
+        let s = parse(r#"{"type": "source_ip", "trusted_hops": 2}"#).unwrap();
+        assert_eq!(
+            s.kind,
+            Kind::SourceIp {
+                trusted_hops: 2,
+                max_sessions: DEFAULT_MAX_SESSIONS
+            }
+        );
+        let s = parse(&format!(
+            r#"{{"type": "header", "session_name": "X-Session", "keys": ["{KEY32}"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            s.kind,
+            Kind::Header {
+                header: "x-session".into()
+            }
+        );
+        assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.keys[0][31], 31);
+        let s =
+            parse(r#"{"type": "learn", "session_name": "JSESSIONID", "cookie": {"path": "/app"}}"#)
+                .unwrap();
+        let Kind::Learn {
+            source: LearnSource::Cookie { companion },
+            ..
+        } = &s.kind
+        else {
+            panic!("{:?}", s.kind)
+        };
+        assert_eq!(companion.path, "/app");
+        let d = Settings::default();
+        assert_eq!(d.routing.strict, None);
+        assert_eq!(
+            parse(r#"{"on_unavailable": "strict"}"#)
+                .unwrap()
+                .routing
+                .strict,
+            Some(Strict {
+                status: 503,
+                retry_after_s: 5
+            })
+        );
     }
 
     #[test]
-    fn issue_three_refusals_name_the_field() {
+    fn refusals_of_the_types_fields_name_the_field() {
         let cases = [
-            (r#"{"learn_from": "x"}"#, "learn_from"),
-            (r#"{"trusted_hops": -1}"#, "trusted_hops"),
-            (r#"{"trusted_hops": 17}"#, "trusted_hops"),
-            (r#"{"trusted_hops": "1"}"#, "trusted_hops"),
+            (r#"{"type": "learn", "learn_from": "x"}"#, "learn_from"),
+            (
+                r#"{"type": "source_ip", "trusted_hops": -1}"#,
+                "trusted_hops",
+            ),
+            (
+                r#"{"type": "source_ip", "trusted_hops": 17}"#,
+                "trusted_hops",
+            ),
+            (
+                r#"{"type": "source_ip", "trusted_hops": "1"}"#,
+                "trusted_hops",
+            ),
             (r#"{"keys": []}"#, "keys"),
             (r#"{"keys": "abc"}"#, "keys"),
             (r#"{"keys": ["notbase64!"]}"#, "keys[0]"),
@@ -889,10 +1156,13 @@ mod tests {
             (r#"{"keys": [1]}"#, "keys[0]"),
             (r#"{"on_unavailable": "x"}"#, "on_unavailable"),
             (r#"{"unavailable_status": 99}"#, "unavailable_status"),
-            (r#"{"unavailable_status": 600}"#, "unavailable_status"),
+            (
+                r#"{"on_unavailable": "strict", "unavailable_status": 600}"#,
+                "unavailable_status",
+            ),
             (r#"{"retry_after": "5"}"#, "retry_after"),
-            (r#"{"max_sessions": 0}"#, "max_sessions"),
-            (r#"{"max_sessions": "10"}"#, "max_sessions"),
+            (r#"{"type": "learn", "max_sessions": 0}"#, "max_sessions"),
+            (r#"{"type": "learn", "max_sessions": "10"}"#, "max_sessions"),
             (
                 r#"{"upstream": {"cluster_header": ""}}"#,
                 "upstream.cluster_header",
@@ -903,6 +1173,10 @@ mod tests {
             ),
             (
                 r#"{"type": "header", "session_name": "cookie"}"#,
+                "session_name",
+            ),
+            (
+                r#"{"type": "header", "session_name": "x-tether-host"}"#,
                 "session_name",
             ),
             (r#"{"routes": 5}"#, "routes"),
@@ -917,37 +1191,132 @@ mod tests {
                 "routes.r.disabled",
             ),
             (r#"{"routes": {"r": {"routes": {}}}}"#, "routes.r.routes"),
+            (r#"{"routes": {"": {}}}"#, "routes"),
         ];
         for (json, field) in cases {
-            let e = PluginConfig::parse(json.as_bytes()).expect_err(json);
+            let e = Config::parse(json.as_bytes()).expect_err(json);
             assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+
+    /// Issue #12: a field that does not apply to the chosen type is refused, naming it.
+    #[test]
+    fn fields_that_do_not_apply_to_the_type_are_refused() {
+        let cases = [
+            (r#"{"trusted_hops": 1}"#, "trusted_hops", "cookie"),
+            (
+                r#"{"type": "header", "max_sessions": 10}"#,
+                "max_sessions",
+                "header",
+            ),
+            (
+                r#"{"type": "cookie", "learn_from": "header"}"#,
+                "learn_from",
+                "cookie",
+            ),
+            (
+                r#"{"type": "source_ip", "cookie": {"secure": true}}"#,
+                "cookie",
+                "source_ip",
+            ),
+            (
+                r#"{"type": "header", "cookie": {"path": "/"}}"#,
+                "cookie",
+                "header",
+            ),
+            (
+                r#"{"type": "source_ip", "keys": ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]}"#,
+                "keys",
+                "source_ip",
+            ),
+            (
+                r#"{"type": "learn", "learn_from": "header", "cookie": {}}"#,
+                "cookie",
+                "header",
+            ),
+            (
+                r#"{"type": "learn", "learn_from": "query", "trusted_hops": 1}"#,
+                "trusted_hops",
+                "query",
+            ),
+            (
+                r#"{"routes": {"api": {"type": "header", "max_sessions": 9}}}"#,
+                "routes.api.max_sessions",
+                "header",
+            ),
+        ];
+        for (json, field, kind) in cases {
+            let e = Config::parse(json.as_bytes()).expect_err(json);
+            assert_eq!(e.field, field, "{json}: {e}");
+            assert!(
+                e.problem.contains("does not apply") && e.problem.contains(kind),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn routes_inherit_and_override() {
-        let c = PluginConfig::parse(
+        let c = Config::parse(
             br#"{"session_name": "s", "idle_timeout": "10s", "cookie": {"path": "/", "secure": true},
                  "routes": {"cart": {"session_name": "cart", "cookie": {"path": "/cart"}},
-                            "api": {"disabled": true}}}"#,
+                            "api": {"disabled": true},
+                            "mcp": {"type": "header", "session_name": "x-s"}}}"#,
         )
         .unwrap();
         assert_eq!(c.default.session_name, "s");
-        let cart = c
-            .routes
-            .iter()
-            .find(|(n, _)| n == "cart")
-            .unwrap()
-            .1
-            .as_ref()
-            .unwrap();
+        let route = |name: &str| c.routes.iter().find(|(n, _)| n == name).unwrap().1.clone();
+        let cart = route("cart").unwrap();
         assert_eq!(cart.session_name, "cart");
-        assert_eq!(cart.cookie.path, "/cart");
+        assert_eq!(cookie_of(&cart).path, "/cart");
         assert!(
-            cart.cookie.secure,
+            cookie_of(&cart).secure,
             "fields a route leaves out come from the top level"
         );
-        assert_eq!(cart.idle_timeout_ms, Some(10_000));
-        assert!(c.routes.iter().any(|(n, s)| n == "api" && s.is_none()));
+        assert_eq!(cart.lifetimes.idle_ms, Some(10_000));
+        assert_eq!(route("api"), None);
+        let mcp = route("mcp").unwrap();
+        assert_eq!(
+            mcp.kind,
+            Kind::Header {
+                header: "x-s".into()
+            },
+            "the top level's cookie attributes are of no use here, and ignored"
+        );
+        assert_eq!(c.policies().count(), 3);
+    }
+
+    /// Issue #12, defect 9: two routes that share a binding table (one session name) with
+    /// different settings interfered silently.
+    #[test]
+    fn policies_sharing_a_table_must_agree_on_it() {
+        let e = Config::parse(
+            br#"{"type": "learn", "session_name": "JSESSIONID", "max_sessions": 1000,
+                 "routes": {"b": {"max_sessions": 2000}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "routes.b.session_name", "{e}");
+        assert!(e.problem.contains("the top level"), "{e}");
+        let e = Config::parse(
+            br#"{"routes": {"a": {"type": "learn", "learn_from": "header", "session_name": "x-id", "idle_timeout": "1m"},
+                            "b": {"type": "learn", "learn_from": "header", "session_name": "x-id"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "routes.b.session_name", "{e}");
+        assert!(e.problem.contains("routes.a"), "{e}");
+        let e = Config::parse(
+            br#"{"routes": {"a": {"type": "learn", "learn_from": "header", "session_name": "id"},
+                            "b": {"type": "source_ip", "session_name": "id"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "routes.b.session_name", "{e}");
+        // The same table on purpose: one session across routes.
+        Config::parse(
+            br#"{"type": "learn", "session_name": "JSESSIONID",
+                 "routes": {"a": {"idle_timeout": null}, "b": {}}}"#,
+        )
+        .unwrap();
+        // Token sessions keep no table: names may repeat with any settings.
+        Config::parse(br#"{"routes": {"a": {"idle_timeout": "1m"}, "b": {}}}"#).unwrap();
     }
 }

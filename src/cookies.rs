@@ -1,11 +1,12 @@
-//! Reading tether's cookie from a request and writing the Set-Cookie that issues it.
+//! Cookies: reading them from every field of a request's `Cookie` header, the paths they are
+//! sent for, and the `Set-Cookie` headers that issue, learn or clear them.
 
 use crate::config::{CookieSettings, LifetimeType, SameSite};
 use cookie::Cookie;
 
 /// At most this many cookies of tether's name are tried per request. A client may send the
 /// name several times (two paths, or a stale copy); trying every one would let a request buy
-/// unbounded table lookups.
+/// unbounded decryptions.
 pub const MAX_CANDIDATES: usize = 4;
 
 /// The `name=value` pairs of a `Cookie` header, names and values trimmed, double quotes
@@ -24,54 +25,202 @@ fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
-/// The values of the cookies named `name`, in the order sent, at most `MAX_CANDIDATES`. Any
-/// bytes at all are accepted: what does not parse is skipped, never an error.
-pub fn values(header: &[u8], name: &str) -> Vec<String> {
-    pairs(header)
+/// The values of the cookies named `name` in every field of the `Cookie` header, in the order
+/// sent, at most `MAX_CANDIDATES`. Any bytes at all are accepted: what does not parse is skipped,
+/// never an error.
+pub fn values<'a>(fields: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Vec<&'a [u8]> {
+    fields
+        .into_iter()
+        .flat_map(pairs)
         .filter(|(n, _)| *n == name.as_bytes())
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .map(str::to_string)
+        .map(|(_, v)| v)
         .take(MAX_CANDIDATES)
         .collect()
 }
 
-/// The `Cookie` header without the cookies named `name`: `None` if none was there (leave the
-/// header alone), `Some(empty)` if nothing else is left (remove the header).
-pub fn without(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    let mut removed = false;
-    let mut kept: Vec<&[u8]> = Vec::new();
-    for part in header.split(|&b| b == b';') {
-        let trimmed = part.trim_ascii();
-        let part_name = trimmed
+/// The `Cookie` header, every field of it, without the cookies named in `names`: `None` if none
+/// was there (leave the header alone); else one field with every other cookie, in order (an
+/// empty one: remove the header). Several fields become one, as an HTTP/2 hop would join them.
+pub fn without<'a>(
+    fields: impl IntoIterator<Item = &'a [u8]> + Clone,
+    names: &[&str],
+) -> Option<Vec<u8>> {
+    let is_ours = |part: &[u8]| {
+        let name = part
             .split(|&b| b == b'=')
             .next()
-            .unwrap_or(trimmed)
+            .unwrap_or(part)
             .trim_ascii();
-        if part_name == name.as_bytes() {
-            removed = true;
-        } else if !trimmed.is_empty() {
-            kept.push(trimmed);
-        }
+        names.iter().any(|n| n.as_bytes() == name)
+    };
+    let parts = || {
+        fields
+            .clone()
+            .into_iter()
+            .flat_map(|f| f.split(|&b| b == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty())
+    };
+    if !parts().any(is_ours) {
+        return None;
     }
-    removed.then(|| kept.join(&b"; "[..]))
+    let kept: Vec<&[u8]> = parts().filter(|p| !is_ours(p)).collect();
+    Some(kept.join(&b"; "[..]))
 }
 
-/// The value a `Set-Cookie` header gives to the cookie `name`, unless it deletes it
-/// (`Max-Age` of zero or less, or an empty value).
-pub fn set_cookie_value(header: &[u8], name: &str) -> Option<String> {
+/// RFC 6265 5.1.4: whether a cookie with `cookie_path` is sent with a request for
+/// `request_path`, as a browser decides it.
+pub fn path_matches(request_path: &[u8], cookie_path: &str) -> bool {
+    let cookie = cookie_path.as_bytes();
+    if request_path == cookie {
+        return true;
+    }
+    request_path.starts_with(cookie)
+        && (cookie.ends_with(b"/") || request_path.get(cookie.len()) == Some(&b'/'))
+}
+
+/// The name a `Set-Cookie` header sets.
+pub fn set_cookie_name(header: &[u8]) -> Option<&[u8]> {
+    pairs(header).next().map(|(name, _)| name)
+}
+
+/// The value a `Set-Cookie` header gives to the cookie `name`, unless it deletes it: an empty
+/// value, a `Max-Age` of zero or less, or (without a `Max-Age`) an `Expires` not after `now_ms`.
+/// Attributes that do not parse are ignored, as browsers do (RFC 6265 5.2).
+pub fn set_cookie_value<'a>(header: &'a [u8], name: &str, now_ms: u64) -> Option<&'a [u8]> {
     let mut parts = pairs(header);
     let (first_name, value) = parts.next()?;
     if first_name != name.as_bytes() || value.is_empty() {
         return None;
     }
-    let deletes = parts.any(|(attr, v)| {
-        attr.eq_ignore_ascii_case(b"max-age")
-            && (v.first() == Some(&b'-') || v.iter().all(|&b| b == b'0'))
-    });
-    if deletes {
+    let mut max_age: Option<i64> = None;
+    let mut expires_ms: Option<u64> = None;
+    for (attr, v) in parts {
+        if attr.eq_ignore_ascii_case(b"max-age") {
+            if let Some(secs) = delta_seconds(v) {
+                max_age = Some(secs);
+            }
+        } else if attr.eq_ignore_ascii_case(b"expires") {
+            if let Some(at) = cookie_date_ms(v) {
+                expires_ms = Some(at);
+            }
+        }
+    }
+    let deletes = match (max_age, expires_ms) {
+        (Some(secs), _) => secs <= 0,
+        (None, Some(at)) => at <= now_ms,
+        (None, None) => false,
+    };
+    (!deletes).then_some(value)
+}
+
+/// A `Max-Age` value: an optional `-` and one or more digits; anything else is no value.
+fn delta_seconds(v: &[u8]) -> Option<i64> {
+    let (negative, digits) = match v.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(value).ok().map(str::to_string)
+    // More digits than an i64 holds is a very long time (or a very past one).
+    let n = std::str::from_utf8(digits)
+        .ok()?
+        .parse::<i64>()
+        .unwrap_or(i64::MAX);
+    Some(if negative { -n } else { n })
+}
+
+/// RFC 6265 5.1.1, the lenient cookie-date algorithm browsers use for `Expires`: milliseconds
+/// since 1970 (0 for dates before it), or `None` when it is no date.
+pub fn cookie_date_ms(text: &[u8]) -> Option<u64> {
+    let delimiter =
+        |b: &u8| matches!(*b, 0x09 | 0x20..=0x2f | 0x3b..=0x40 | 0x5b..=0x60 | 0x7b..=0x7e);
+    let (mut time, mut day, mut month, mut year) = (None, None, None, None);
+    for token in text.split(delimiter).filter(|t| !t.is_empty()) {
+        if time.is_none() {
+            if let Some(t) = time_of_day(token) {
+                time = Some(t);
+                continue;
+            }
+        }
+        if day.is_none() {
+            if let Some(d) = leading_number(token, 1, 2) {
+                day = Some(d);
+                continue;
+            }
+        }
+        if month.is_none() {
+            if let Some(m) = month_of(token) {
+                month = Some(m);
+                continue;
+            }
+        }
+        if year.is_none() {
+            if let Some(y) = leading_number(token, 2, 4) {
+                year = Some(y);
+            }
+        }
+    }
+    let (hour, minute, second) = time?;
+    let (day, month, mut year) = (day?, month?, year?);
+    if (70..=99).contains(&year) {
+        year += 1900;
+    } else if year <= 69 {
+        year += 2000;
+    }
+    if !(1..=31).contains(&day) || year < 1601 || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+    let secs = days * 86_400 + i64::from(hour) * 3_600 + i64::from(minute) * 60 + i64::from(second);
+    Some(u64::try_from(secs).unwrap_or(0).saturating_mul(1_000))
+}
+
+/// `min` to `max` digits at the start of `token`, followed by nothing or a non-digit.
+fn leading_number(token: &[u8], min: usize, max: usize) -> Option<u32> {
+    let digits = token.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits < min || digits > max {
+        return None;
+    }
+    std::str::from_utf8(token.get(..digits)?).ok()?.parse().ok()
+}
+
+/// `h:m:s`, each of one or two digits, followed by nothing or a non-digit.
+fn time_of_day(token: &[u8]) -> Option<(u32, u32, u32)> {
+    let mut fields = token.splitn(3, |&b| b == b':');
+    let exact = |f: &[u8]| {
+        (!f.is_empty() && f.len() <= 2 && f.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(f).ok()?.parse().ok())
+            .flatten()
+    };
+    let hour = exact(fields.next()?)?;
+    let minute = exact(fields.next()?)?;
+    let second = leading_number(fields.next()?, 1, 2)?;
+    Some((hour, minute, second))
+}
+
+fn month_of(token: &[u8]) -> Option<u32> {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+        b"dec",
+    ];
+    let prefix = token.get(..3)?;
+    MONTHS
+        .iter()
+        .position(|m| prefix.eq_ignore_ascii_case(m.as_slice()))
+        .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+/// Days from 1970-01-01 to the given civil date (proleptic Gregorian).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The Set-Cookie value that hands `value` to the client. `max_age_s` is used only for
@@ -115,18 +264,37 @@ pub fn expired(name: &str, settings: &CookieSettings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn one(header: &str) -> Vec<&[u8]> {
+        vec![header.as_bytes()]
+    }
 
     #[test]
     fn finds_our_cookie_among_others() {
         let header = "x=1; tether=a; other=\"q\"; tether=garbage; tether=\"b\"";
         assert_eq!(
-            values(header.as_bytes(), "tether"),
-            vec!["a", "garbage", "b"]
+            values(one(header), "tether"),
+            vec![&b"a"[..], b"garbage", b"b"]
         );
-        assert!(values(header.as_bytes(), "teth").is_empty());
+        assert!(values(one(header), "teth").is_empty());
+    }
+
+    /// Issue #12, defect 4: the second `Cookie` field was never read.
+    #[test]
+    fn every_cookie_field_is_read() {
+        let fields: Vec<&[u8]> = vec![b"a=1", b"tether=T; b=2", b"c=3"];
+        assert_eq!(values(fields.clone(), "tether"), vec![&b"T"[..]]);
+        assert_eq!(
+            without(fields.clone(), &["tether"]),
+            Some(b"a=1; b=2; c=3".to_vec()),
+            "every other cookie of every field passes on"
+        );
+        let first: Vec<&[u8]> = vec![b"tether=T", b"a=1"];
+        assert_eq!(without(first, &["tether"]), Some(b"a=1".to_vec()));
+        let none_ours: Vec<&[u8]> = vec![b"a=1", b"b=2"];
+        assert_eq!(without(none_ours, &["tether"]), None, "left alone");
     }
 
     #[test]
@@ -143,58 +311,152 @@ mod tests {
         corpus.push(many.into_bytes());
         for header in &corpus {
             assert!(
-                values(header, "tether").is_empty(),
+                values([header.as_slice()], "tether").is_empty(),
                 "{:?}",
                 String::from_utf8_lossy(header)
             );
         }
         // Non-UTF-8 bytes around a good value do not hide it.
         let mixed = b"junk=\xff\xfe; tether=AbC_-1; z=\x80".to_vec();
-        assert_eq!(values(&mixed, "tether"), vec!["AbC_-1"]);
+        assert_eq!(values([mixed.as_slice()], "tether"), vec![&b"AbC_-1"[..]]);
     }
 
     #[test]
     fn candidates_are_bounded() {
         let header: String = (0..50).map(|n| format!("tether=v{n}; ")).collect();
-        assert_eq!(values(header.as_bytes(), "tether").len(), MAX_CANDIDATES);
+        assert_eq!(values(one(&header), "tether").len(), MAX_CANDIDATES);
     }
 
     #[test]
-    fn removing_our_cookie_keeps_the_others() {
+    fn removing_our_cookies_keeps_the_others() {
         assert_eq!(
-            without(b"a=1; tether=x; b=2", "tether"),
+            without(one("a=1; tether=x; b=2"), &["tether"]),
             Some(b"a=1; b=2".to_vec())
         );
-        assert_eq!(without(b"tether=x;tether=y", "tether"), Some(Vec::new()));
-        assert_eq!(without(b"a=1; tetherx=2", "tether"), None);
         assert_eq!(
-            without(b"a=\xff; tether=x", "tether"),
+            without(one("tether=x;tether=y"), &["tether"]),
+            Some(Vec::new())
+        );
+        assert_eq!(without(one("a=1; tetherx=2"), &["tether"]), None);
+        assert_eq!(
+            without([&b"a=\xff; tether=x"[..]], &["tether"]),
             Some(b"a=\xff".to_vec())
         );
+        assert_eq!(
+            without(one("a=1; tether-J=x; J=2"), &["tether", "tether-J"]),
+            Some(b"a=1; J=2".to_vec())
+        );
+    }
+
+    #[test]
+    fn paths_match_as_browsers_match_them() {
+        for (request, cookie, matches) in [
+            ("/", "/", true),
+            ("/app", "/", true),
+            ("/app", "/app", true),
+            ("/app/", "/app", true),
+            ("/app/x", "/app", true),
+            ("/app/x", "/app/", true),
+            ("/apple", "/app", false),
+            ("/other", "/app", false),
+            ("/favicon.ico", "/app", false),
+            ("/", "/app", false),
+            ("/ap", "/app", false),
+        ] {
+            assert_eq!(
+                path_matches(request.as_bytes(), cookie),
+                matches,
+                "{request} for Path={cookie}"
+            );
+        }
     }
 
     #[test]
     fn learning_from_set_cookie() {
+        fn learn(h: &str) -> Option<&[u8]> {
+            set_cookie_value(h.as_bytes(), "JSESSIONID", NOW)
+        }
         assert_eq!(
-            set_cookie_value(b"JSESSIONID=abc123; Path=/; HttpOnly", "JSESSIONID").as_deref(),
-            Some("abc123")
+            learn("JSESSIONID=abc123; Path=/; HttpOnly"),
+            Some(&b"abc123"[..])
         );
-        assert_eq!(set_cookie_value(b"OTHER=abc; Path=/", "JSESSIONID"), None);
+        assert_eq!(learn("OTHER=abc; Path=/"), None);
+        assert_eq!(learn("JSESSIONID=; Max-Age=0"), None);
+        assert_eq!(learn("JSESSIONID=x; Max-Age=0"), None);
+        assert_eq!(learn("JSESSIONID=x; Max-Age=-5"), None);
+        assert_eq!(learn("JSESSIONID=x; Max-Age=60"), Some(&b"x"[..]));
+        assert_eq!(set_cookie_value(b"\xff", "JSESSIONID", NOW), None);
         assert_eq!(
-            set_cookie_value(b"JSESSIONID=; Max-Age=0", "JSESSIONID"),
-            None
+            set_cookie_name(b"JSESSIONID=x; Path=/"),
+            Some(&b"JSESSIONID"[..])
+        );
+    }
+
+    const NOW: u64 = 1_780_000_000_000; // 2026-05-28
+
+    /// Issue #12, defect 9: an empty `Max-Age=` was taken as a deletion, and a past `Expires`
+    /// (with no `Max-Age`) was learned as an id.
+    #[test]
+    fn max_age_and_expires_as_browsers_read_them() {
+        let learn = |h: &str| set_cookie_value(h.as_bytes(), "SID", NOW).is_some();
+        assert!(learn("SID=x; Max-Age="), "an empty Max-Age is no attribute");
+        assert!(learn("SID=x; Max-Age=abc"), "nor is one that is no number");
+        assert!(learn("SID=x; Max-Age=1x"));
+        assert!(
+            !learn("SID=x; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+            "a past Expires deletes"
+        );
+        assert!(!learn("SID=x; expires=Wed, 21-Oct-2015 07:28:00 GMT"));
+        assert!(learn("SID=x; Expires=Wed, 21 Oct 2099 07:28:00 GMT"));
+        assert!(
+            learn("SID=x; Expires=not a date"),
+            "an Expires that is no date is ignored"
+        );
+        assert!(
+            learn("SID=x; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60"),
+            "Max-Age wins over Expires"
+        );
+        assert!(
+            !learn("SID=x; Max-Age=60; Max-Age=0"),
+            "the last Max-Age counts"
+        );
+    }
+
+    #[test]
+    fn cookie_dates() {
+        let ms = |t: &str| cookie_date_ms(t.as_bytes());
+        assert_eq!(ms("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(ms("Wed, 21 Oct 2015 07:28:00 GMT"), Some(1_445_412_480_000));
+        assert_eq!(
+            ms("Wednesday, 21-Oct-15 07:28:00 GMT"),
+            Some(1_445_412_480_000)
         );
         assert_eq!(
-            set_cookie_value(b"JSESSIONID=x; Max-Age=0", "JSESSIONID"),
-            None
+            ms("Wed Oct 21 07:28:00 2015"),
+            Some(1_445_412_480_000),
+            "asctime"
         );
-        assert_eq!(set_cookie_value(b"\xff", "JSESSIONID"), None);
+        assert_eq!(ms("29 Feb 2000 23:59:59"), Some(951_868_799_000));
+        assert_eq!(ms("Sat, 01 Jan 1600 00:00:00 GMT"), None, "before 1601");
+        assert_eq!(ms("Wed, 32 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(ms("Wed, 21 Oct 2015 24:00:00 GMT"), None);
+        assert_eq!(ms("Wed, 21 Foo 2015 07:28:00 GMT"), None);
+        assert_eq!(ms("Wed, 21 Oct 2015"), None, "no time");
+        assert_eq!(
+            ms("Fri, 01 Jan 1960 00:00:00 GMT"),
+            Some(0),
+            "before 1970 is the past"
+        );
+        assert_eq!(ms(""), None);
+        assert_eq!(ms("\u{0}\u{0}"), None);
     }
 
     #[test]
     fn expiring_a_cookie() {
-        let mut s = Settings::default().cookie;
-        s.domain = Some("example.com".into());
+        let s = CookieSettings {
+            domain: Some("example.com".into()),
+            ..CookieSettings::default()
+        };
         let v = expired("tether", &s);
         assert!(
             v.starts_with("tether=;") || v.starts_with("tether=\"\";") || v.starts_with("tether="),
@@ -208,7 +470,7 @@ mod tests {
 
     #[test]
     fn set_cookie_attributes() {
-        let mut s = Settings::default().cookie;
+        let mut s = CookieSettings::default();
         let v = set_cookie("tether", "tok", &s, Some(60));
         assert!(v.starts_with("tether=tok"), "{v}");
         assert!(v.contains("Path=/"), "{v}");

@@ -6,7 +6,7 @@
 //! namespace: `/stats` lists `wasmcustom.tether_hits`, `/stats/prometheus` lists `tether_hits`.
 
 use crate::config::SessionType;
-use crate::session::{Decision, Found, Miss, ResponseAction};
+use crate::policy::{Decision, Found, Miss, ResponseAction};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -21,7 +21,7 @@ pub enum Metric {
     SessionsIssued,
     /// Requests of a pinned session served by its endpoint.
     Hits,
-    /// Pinned sessions moved to another endpoint because theirs did not serve.
+    /// Pinned sessions moved to another endpoint because theirs could not be reached.
     Rebinds,
     /// Requests whose session had outlived its idle or absolute lifetime.
     Expired,
@@ -35,16 +35,27 @@ pub enum Metric {
     CasRetries,
     /// Strict sessions refused because their endpoint did not serve.
     StrictRefusals,
-    /// Pinned sessions let go because every try failed.
+    /// Pinned sessions let go because no endpoint could be reached.
     SessionsDropped,
-    /// Bindings that could not be written (shared data refused, or every CAS try lost).
+    /// Bindings that could not be written (shared data refused, every CAS try lost, or an
+    /// endpoint too long).
     WriteFailures,
+    /// Tokens that could not be sealed (no randomness, an endpoint too long).
+    SealFailures,
+    /// Envoy's own replies (a timeout, an overflow) to pinned requests: the session was kept.
+    LocalReplies,
+    /// A backend's `Set-Cookie` (or header) of tether's own name, removed from its response.
+    BackendCookiesRemoved,
+    /// Learned ids longer than tether binds.
+    IdsTooLong,
+    /// Host calls that failed where the request went on without their result.
+    HostCallFailures,
     /// Bindings held in the binding tables (`learn`, `source_ip`) of this Envoy.
     LiveBindings,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 17] = [
         Metric::SessionsIssued,
         Metric::Hits,
         Metric::Rebinds,
@@ -56,6 +67,11 @@ impl Metric {
         Metric::StrictRefusals,
         Metric::SessionsDropped,
         Metric::WriteFailures,
+        Metric::SealFailures,
+        Metric::LocalReplies,
+        Metric::BackendCookiesRemoved,
+        Metric::IdsTooLong,
+        Metric::HostCallFailures,
         Metric::LiveBindings,
     ];
 
@@ -72,6 +88,11 @@ impl Metric {
             Metric::StrictRefusals => "tether_strict_refusals",
             Metric::SessionsDropped => "tether_sessions_dropped",
             Metric::WriteFailures => "tether_write_failures",
+            Metric::SealFailures => "tether_seal_failures",
+            Metric::LocalReplies => "tether_local_replies",
+            Metric::BackendCookiesRemoved => "tether_backend_cookies_removed",
+            Metric::IdsTooLong => "tether_ids_too_long",
+            Metric::HostCallFailures => "tether_host_call_failures",
             Metric::LiveBindings => "tether_live_bindings",
         }
     }
@@ -101,14 +122,11 @@ impl Tally {
         }
     }
 
-    pub fn get(&self, metric: Metric) -> i64 {
-        self.deltas.get(metric.index()).copied().unwrap_or(0)
-    }
-
     /// What the request phase found.
     pub fn request(&mut self, session_type: SessionType, found: &Found) {
         match found {
             Found::New(Miss::Expired) => self.add(Metric::Expired, 1),
+            Found::New(Miss::TooLong) => self.add(Metric::IdsTooLong, 1),
             // For learned ids and addresses, an unknown key is simply a new session.
             Found::New(Miss::Unknown)
                 if matches!(session_type, SessionType::Cookie | SessionType::Header) =>
@@ -128,14 +146,20 @@ impl Tally {
             Decision::Refused { .. } => Some(Metric::StrictRefusals),
             Decision::Dropped { .. } => Some(Metric::SessionsDropped),
             Decision::WriteFailed(_) => Some(Metric::WriteFailures),
-            Decision::Unserved | Decision::NoEntropy => None,
+            Decision::SealFailed(_) => Some(Metric::SealFailures),
+            Decision::Kept { .. } => Some(Metric::LocalReplies),
+            Decision::Unserved { .. } | Decision::Unbound { .. } | Decision::OutsidePath => None,
         };
         if let Some(m) = metric {
             self.add(m, 1);
         }
-        self.add(Metric::CasRetries, to_i64(action.cas_retries));
-        self.add(Metric::Evictions, to_i64(action.evictions));
-        self.add(Metric::LiveBindings, action.bindings_delta);
+        self.add(Metric::CasRetries, to_i64(action.writes.cas_retries));
+        self.add(Metric::Evictions, to_i64(action.writes.evicted_live));
+        self.add(Metric::LiveBindings, action.writes.bindings_delta);
+        self.add(
+            Metric::BackendCookiesRemoved,
+            to_i64(action.backend_cookies_removed),
+        );
     }
 
     /// Every metric with a change since the last drain, and its change; the tally is zeroed.
@@ -145,18 +169,29 @@ impl Tally {
     }
 }
 
-fn to_i64(n: usize) -> i64 {
+pub fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seal::Pin;
-    use crate::session::action;
+    use crate::pin::Pin;
+    use crate::seal::SealError;
     use crate::table::WriteError;
+    use std::collections::HashMap;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn drained(t: &mut Tally) -> HashMap<Metric, i64> {
+        t.drain().collect()
+    }
+
+    impl std::hash::Hash for Metric {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.index().hash(state)
+        }
+    }
 
     #[test]
     fn names_are_prefixed_unique_and_indexed_in_order() {
@@ -203,18 +238,40 @@ mod tests {
                 Some(Metric::SessionsDropped),
             ),
             (
+                Decision::Kept {
+                    endpoint: e(),
+                    details: "response_timeout".into(),
+                },
+                Some(Metric::LocalReplies),
+            ),
+            (
                 Decision::WriteFailed(WriteError::Contended),
                 Some(Metric::WriteFailures),
             ),
-            (Decision::Unserved, None),
-            (Decision::NoEntropy, None),
+            (
+                Decision::SealFailed(SealError::NoEntropy),
+                Some(Metric::SealFailures),
+            ),
+            (
+                Decision::Unserved {
+                    details: String::new(),
+                },
+                None,
+            ),
+            (
+                Decision::Unbound {
+                    miss: Miss::NoToken,
+                },
+                None,
+            ),
+            (Decision::OutsidePath, None),
         ];
         for (decision, metric) in cases {
             let mut t = Tally::default();
-            t.response(&action(decision.clone()));
-            let drained: Vec<(Metric, i64)> = t.drain().collect();
+            t.response(&ResponseAction::new(decision.clone()));
+            let got: Vec<(Metric, i64)> = t.drain().collect();
             assert_eq!(
-                drained,
+                got,
                 metric.map(|m| (m, 1)).into_iter().collect::<Vec<_>>(),
                 "{decision:?}"
             );
@@ -223,18 +280,21 @@ mod tests {
     }
 
     #[test]
-    fn writes_report_retries_evictions_and_the_bindings_gauge() {
+    fn writes_report_retries_evictions_removals_and_the_bindings_gauge() {
         let mut t = Tally::default();
-        let mut a = action(Decision::Unserved);
-        a.cas_retries = 3;
-        a.evictions = 1;
-        a.bindings_delta = 1;
+        let mut a = ResponseAction::new(Decision::OutsidePath);
+        a.writes.cas_retries = 3;
+        a.writes.evicted_live = 1;
+        a.writes.bindings_delta = 1;
+        a.backend_cookies_removed = 2;
         t.response(&a);
-        a.bindings_delta = -2;
+        a.writes.bindings_delta = -2;
         t.response(&a);
-        assert_eq!(t.get(Metric::CasRetries), 6);
-        assert_eq!(t.get(Metric::Evictions), 2);
-        assert_eq!(t.get(Metric::LiveBindings), -1);
+        let d = drained(&mut t);
+        assert_eq!(d[&Metric::CasRetries], 6);
+        assert_eq!(d[&Metric::Evictions], 2);
+        assert_eq!(d[&Metric::LiveBindings], -1);
+        assert_eq!(d[&Metric::BackendCookiesRemoved], 4);
     }
 
     #[test]
@@ -246,16 +306,15 @@ mod tests {
         t.request(SessionType::SourceIp, &Found::New(Miss::Unknown));
         t.request(SessionType::Cookie, &Found::New(Miss::NoToken));
         t.request(SessionType::Learn, &Found::New(Miss::Expired));
-        let pin = Pin {
-            endpoint: "127.0.0.1:1".into(),
-            cluster: None,
-            created_ms: 0,
-            last_seen_ms: 0,
-        };
+        t.request(SessionType::Learn, &Found::New(Miss::TooLong));
+        t.request(SessionType::Cookie, &Found::OutsidePath);
+        let pin = Pin::new("127.0.0.1:1".into(), None, 0);
         t.request(SessionType::Cookie, &Found::Pinned(pin));
-        assert_eq!(t.get(Metric::InvalidTokens), 2);
-        assert_eq!(t.get(Metric::Expired), 1);
-        assert_eq!(t.drain().count(), 2);
+        let d = drained(&mut t);
+        assert_eq!(d[&Metric::InvalidTokens], 2);
+        assert_eq!(d[&Metric::Expired], 1);
+        assert_eq!(d[&Metric::IdsTooLong], 1);
+        assert_eq!(d.len(), 3);
     }
 
     #[test]
@@ -263,6 +322,6 @@ mod tests {
         let mut t = Tally::default();
         t.add(Metric::Hits, i64::MAX);
         t.add(Metric::Hits, 1);
-        assert_eq!(t.get(Metric::Hits), i64::MAX);
+        assert_eq!(drained(&mut t)[&Metric::Hits], i64::MAX);
     }
 }

@@ -1,34 +1,73 @@
 //! Sealed tokens: what a cookie or header session carries.
 //!
 //! A token is the session's pin (endpoint, cluster, wall-clock start and last-seen times)
-//! sealed with XChaCha20-Poly1305 under the configured keys, with the session name as
-//! associated data. It reveals nothing, cannot be forged or altered, and any Envoy holding one
-//! of the keys reads the same pin and agrees on its expiry: replicas share no state.
+//! sealed with XChaCha20-Poly1305 under a secret derived from each configured key (or the
+//! per-Envoy secret), with the carrier (cookie, header, companion cookie), the session name and
+//! any bound bytes as associated data. It reveals nothing, cannot be forged or altered, opens
+//! only where it was issued (a header token is no cookie token), and any Envoy holding one of
+//! the keys reads the same pin and agrees on its expiry: replicas share no state.
 //! The first key seals; every key opens (rotation: add the new key first, drop the old one
 //! once the longest session has passed).
 
-use crate::config::KEY_LEN;
-use crate::token::{base64url_decode, base64url_encode, Entropy};
+use crate::encoding::{base64url_decode, base64url_encode};
+use crate::entropy::Entropy;
+use crate::pin::Pin;
+use crate::secret::{derive, Key, Purpose};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::fmt;
 use std::hash::Hasher;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// Longest token text accepted: a bigger value is not ours, and opening it would cost.
 pub const MAX_TOKEN_LEN: usize = 400;
 /// Longest endpoint or cluster name a token carries.
-const MAX_FIELD_LEN: usize = 255;
+pub const MAX_FIELD_LEN: usize = 255;
 
-/// Where a session is pinned, and its times (milliseconds since 1970).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pin {
-    pub endpoint: String,
-    pub cluster: Option<String>,
-    pub created_ms: u64,
-    pub last_seen_ms: u64,
+/// Where a token travels. Bound into every token, so one issued for one carrier never opens
+/// in another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// The cookie of a `cookie` session.
+    Cookie,
+    /// The header of a `header` session.
+    Header,
+    /// The companion cookie of a learned application cookie.
+    Companion,
+}
+
+impl Carrier {
+    fn label(self) -> &'static str {
+        match self {
+            Carrier::Cookie => "cookie",
+            Carrier::Header => "header",
+            Carrier::Companion => "companion",
+        }
+    }
+}
+
+/// Why no token could be sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealError {
+    /// No randomness for the nonce.
+    NoEntropy,
+    /// The endpoint or cluster name is longer than a token carries.
+    TooLong,
+    /// The cipher refused (never seen; reported rather than assumed away).
+    Cipher,
+}
+
+impl fmt::Display for SealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SealError::NoEntropy => "no_entropy",
+            SealError::TooLong => "too_long",
+            SealError::Cipher => "cipher",
+        })
+    }
 }
 
 pub struct Sealer {
@@ -36,8 +75,9 @@ pub struct Sealer {
     aad: Vec<u8>,
     /// Tokens this worker opened lately (see `Opened`).
     opened: RefCell<Opened>,
-    /// How many times a token was put through the AEAD (the tests read it).
-    decrypts: Cell<u64>,
+    /// Tokens put through the AEAD, for the tests of the cache.
+    #[cfg(any(test, feature = "testing"))]
+    decrypts: std::cell::Cell<u64>,
 }
 
 /// Slots of the cache of opened tokens, per policy and worker: 512 entries of about 150 bytes
@@ -64,7 +104,9 @@ struct OpenedToken {
 }
 
 impl Opened {
-    /// The first slot of the pair where `text` lives; the other one is `index ^ 1`.
+    /// The first slot of the pair where `text` lives; the other one is `index ^ 1`. Not keyed:
+    /// a client who aims tokens at one pair only evicts its own, since only tokens that opened
+    /// are kept.
     fn index(text: &[u8], bound_to: &[u8]) -> usize {
         let mut h = fnv::FnvHasher::default();
         h.write(text);
@@ -110,18 +152,20 @@ impl Opened {
 }
 
 impl Sealer {
-    /// `keys` must not be empty: the first seals. `scope` (the session name) is bound into
-    /// every token, so a token of one policy does not open under another.
-    pub fn new(keys: &[[u8; KEY_LEN]], scope: &str) -> Sealer {
+    /// `keys` must not be empty: the first seals. Each is used through its derived sealing
+    /// secret. `carrier` and `scope` (the session name) are bound into every token, so a token
+    /// of one carrier or policy does not open under another.
+    pub fn new(keys: &[Key], carrier: Carrier, scope: &str) -> Sealer {
         let ciphers = keys
             .iter()
-            .map(|k| XChaCha20Poly1305::new(k.into()))
+            .map(|k| XChaCha20Poly1305::new((&derive(k, Purpose::Seal)).into()))
             .collect();
         Sealer {
             ciphers,
-            aad: format!("tether/v{VERSION}/{scope}").into_bytes(),
+            aad: format!("tether/v{VERSION}/{}/{scope}", carrier.label()).into_bytes(),
             opened: RefCell::default(),
-            decrypts: Cell::new(0),
+            #[cfg(any(test, feature = "testing"))]
+            decrypts: std::cell::Cell::new(0),
         }
     }
 
@@ -131,31 +175,35 @@ impl Sealer {
         [self.aad.as_slice(), &[0], bound_to].concat()
     }
 
-    pub fn seal(&self, pin: &Pin, bound_to: &[u8], entropy: &mut dyn Entropy) -> Option<String> {
-        let cipher = self.ciphers.first()?;
-        let aad = self.aad(bound_to);
+    pub fn seal(
+        &self,
+        pin: &Pin,
+        bound_to: &[u8],
+        entropy: &mut dyn Entropy,
+    ) -> Result<String, SealError> {
+        let cipher = self.ciphers.first().ok_or(SealError::Cipher)?;
+        let plain = encode_pin(pin).ok_or(SealError::TooLong)?;
         let mut nonce = [0u8; NONCE_LEN];
         if !entropy.fill(&mut nonce) {
-            return None;
+            return Err(SealError::NoEntropy);
         }
-        let plain = encode_pin(pin)?;
         let sealed = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
-                    aad: &aad,
+                    aad: &self.aad(bound_to),
                 },
             )
-            .ok()?;
+            .map_err(|_| SealError::Cipher)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(VERSION);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
-        Some(base64url_encode(&out))
+        Ok(base64url_encode(&out))
     }
 
-    /// The pin inside `text`, if one of our keys sealed it for this scope.
+    /// The pin inside `text`, if one of our keys sealed it for this carrier and scope.
     pub fn open(&self, text: &[u8], bound_to: &[u8]) -> Option<Pin> {
         if text.len() > MAX_TOKEN_LEN {
             return None;
@@ -176,6 +224,7 @@ impl Sealer {
     }
 
     /// Tokens put through the AEAD so far (a token found in the cache is not counted).
+    #[cfg(any(test, feature = "testing"))]
     pub fn decrypts(&self) -> u64 {
         self.decrypts.get()
     }
@@ -186,6 +235,7 @@ impl Sealer {
     }
 
     fn decrypt(&self, text: &[u8], bound_to: &[u8]) -> Option<Pin> {
+        #[cfg(any(test, feature = "testing"))]
         self.decrypts.set(self.decrypts.get().saturating_add(1));
         let raw = base64url_decode(text)?;
         let (&version, rest) = raw.split_first()?;
@@ -254,7 +304,7 @@ fn string(bytes: &[u8]) -> Option<(String, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::SystemEntropy;
+    use crate::entropy::SystemEntropy;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -269,7 +319,7 @@ mod tests {
 
     #[test]
     fn seal_open_round_trip_and_no_address_inside() {
-        let s = Sealer::new(&[[1; 32]], "tether");
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
         let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert_eq!(s.open(t.as_bytes(), b""), Some(pin()));
         assert!(!t.contains("127") && !t.contains("8081"));
@@ -285,7 +335,7 @@ mod tests {
 
     #[test]
     fn every_bit_flip_truncation_and_extension_is_refused() {
-        let s = Sealer::new(&[[1; 32]], "tether");
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
         let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         let raw = base64url_decode(t.as_bytes()).unwrap();
         for bit in 0..raw.len() * 8 {
@@ -312,9 +362,9 @@ mod tests {
 
     #[test]
     fn keys_rotate_and_scopes_separate() {
-        let old = Sealer::new(&[[1; 32]], "tether");
-        let rotated = Sealer::new(&[[2; 32], [1; 32]], "tether");
-        let removed = Sealer::new(&[[2; 32]], "tether");
+        let old = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
+        let rotated = Sealer::new(&[[2; 32], [1; 32]], Carrier::Cookie, "tether");
+        let removed = Sealer::new(&[[2; 32]], Carrier::Cookie, "tether");
         let t_old = old.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert_eq!(
             rotated.open(t_old.as_bytes(), b""),
@@ -332,7 +382,7 @@ mod tests {
             Some(pin()),
             "the first key seals"
         );
-        let other_scope = Sealer::new(&[[1; 32]], "cart");
+        let other_scope = Sealer::new(&[[1; 32]], Carrier::Cookie, "cart");
         assert_eq!(
             other_scope.open(t_old.as_bytes(), b""),
             None,
@@ -342,7 +392,7 @@ mod tests {
 
     #[test]
     fn bound_tokens_open_only_next_to_their_id() {
-        let s = Sealer::new(&[[1; 32]], "JSESSIONID");
+        let s = Sealer::new(&[[1; 32]], Carrier::Companion, "JSESSIONID");
         let t = s.seal(&pin(), b"abc", &mut SystemEntropy).unwrap();
         assert_eq!(s.open(t.as_bytes(), b"abc"), Some(pin()));
         assert_eq!(s.open(t.as_bytes(), b"abd"), None);
@@ -351,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_token_seen_before_skips_the_aead_and_opens_to_the_same_pin() {
-        let s = Sealer::new(&[[1; 32]], "tether");
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
         let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         for _ in 0..10 {
             assert_eq!(s.open(t.as_bytes(), b""), Some(pin()));
@@ -368,7 +418,7 @@ mod tests {
 
     #[test]
     fn the_cache_keeps_no_forgery_and_stays_bounded() {
-        let s = Sealer::new(&[[1; 32]], "tether");
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
         let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert!(s.open(t.as_bytes(), b"").is_some());
         // Every one-bit change of a cached token is still refused, and each time by the AEAD.
@@ -407,19 +457,19 @@ mod tests {
 
     #[test]
     fn new_keys_start_with_an_empty_cache() {
-        let old = Sealer::new(&[[1; 32]], "tether");
+        let old = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
         let t = old.seal(&pin(), b"", &mut SystemEntropy).unwrap();
         assert!(old.open(t.as_bytes(), b"").is_some());
         assert_eq!(old.cached(), 1);
         // A reconfiguration builds a new Sealer: the removed key's token is not remembered.
-        let removed = Sealer::new(&[[2; 32]], "tether");
+        let removed = Sealer::new(&[[2; 32]], Carrier::Cookie, "tether");
         assert_eq!(removed.cached(), 0);
         assert_eq!(removed.open(t.as_bytes(), b""), None);
     }
 
     #[test]
     fn garbage_is_refused() {
-        let s = Sealer::new(&[[1; 32]], "tether");
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
         for bad in [
             &b""[..],
             b"x",
@@ -430,5 +480,49 @@ mod tests {
         ] {
             assert_eq!(s.open(bad, b""), None);
         }
+    }
+
+    /// Issue #12, defect 9: a `header` token opened as a `cookie` token of the same name. The
+    /// carrier is bound into the token now.
+    #[test]
+    fn a_token_opens_only_in_the_carrier_it_was_issued_for() {
+        let keys = [[1; 32]];
+        let cookie = Sealer::new(&keys, Carrier::Cookie, "tether");
+        let header = Sealer::new(&keys, Carrier::Header, "tether");
+        let companion = Sealer::new(&keys, Carrier::Companion, "tether");
+        let t = header.seal(&pin(), b"", &mut SystemEntropy).unwrap();
+        assert_eq!(header.open(t.as_bytes(), b""), Some(pin()));
+        assert_eq!(cookie.open(t.as_bytes(), b""), None);
+        assert_eq!(companion.open(t.as_bytes(), b""), None);
+    }
+
+    /// Issue #12, defect 9: every sealing failure was reported as `no_entropy`.
+    #[test]
+    fn sealing_failures_say_why() {
+        struct Broken;
+        impl Entropy for Broken {
+            fn fill(&mut self, _: &mut [u8]) -> bool {
+                false
+            }
+        }
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
+        assert_eq!(s.seal(&pin(), b"", &mut Broken), Err(SealError::NoEntropy));
+        let long = Pin {
+            endpoint: "e".repeat(MAX_FIELD_LEN + 1),
+            ..pin()
+        };
+        assert_eq!(
+            s.seal(&long, b"", &mut SystemEntropy),
+            Err(SealError::TooLong)
+        );
+        let long_cluster = Pin {
+            cluster: Some("c".repeat(MAX_FIELD_LEN + 1)),
+            ..pin()
+        };
+        assert_eq!(
+            s.seal(&long_cluster, b"", &mut SystemEntropy),
+            Err(SealError::TooLong)
+        );
+        assert_eq!(SealError::TooLong.to_string(), "too_long");
     }
 }

@@ -13,15 +13,47 @@
 pub const SLOTS_PER_BUCKET: usize = 8;
 /// How many times a writer re-reads a bucket after losing a CAS race before it gives up.
 pub const MAX_CAS_RETRIES: usize = 8;
-/// Longest endpoint text kept (an IPv6 address with port is at most 47 bytes).
+/// Longest endpoint kept (an IPv6 address with its port is at most 47 bytes); a longer one is
+/// refused, never cut.
 pub const MAX_ENDPOINT_LEN: usize = 64;
+/// Longest cluster name kept; a longer one is refused.
+pub const MAX_CLUSTER_LEN: usize = 255;
 
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
 
-use crate::token::{SessionId, ID_LEN};
+use crate::pin::{Lifetimes, Pin};
+use std::fmt;
+
+/// Bytes of a table id.
+pub const ID_LEN: usize = 16;
+
+/// A binding's key in the table: the keyed hash of a learned id or client address
+/// (`secret::IdHasher`), never shown to clients.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; ID_LEN]);
+
+impl fmt::Debug for SessionId {
+    // A short prefix only: enough to follow a session in a log, not to reconstruct anything.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, ..] = self.0;
+        write!(f, "{a:02x}{b:02x}{c:02x}…")
+    }
+}
+
+impl SessionId {
+    /// Which bucket of a table of `buckets` holds this id. Ids are the output of a keyed PRF,
+    /// so their bits are uniform already.
+    fn bucket(&self, buckets: u64) -> u64 {
+        let mut word = [0u8; 8];
+        for (w, b) in word.iter_mut().zip(self.0.iter()) {
+            *w = *b;
+        }
+        u64::from_le_bytes(word) % buckets.max(1)
+    }
+}
 
 /// Shared data as tether needs it. Inside Envoy it is `proxy_wasm::hostcalls`; in tests an
-/// in-memory map that can be made to lose CAS races.
+/// in-memory map that can be made to lose CAS races (`testing::FakeStore`).
 pub trait Store {
     /// The value and its CAS number; `Ok((None, None))` when the key does not exist.
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
@@ -37,63 +69,34 @@ pub enum StoreError {
     Failed,
 }
 
-/// What one session is bound to. Times are wall-clock milliseconds since 1970, so that
-/// expiry means the same on every worker.
+/// What one session is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     pub id: SessionId,
-    pub endpoint: String,
-    /// The cluster the session was first routed to (with `upstream.cluster_header`).
-    pub cluster: Option<String>,
-    pub created_ms: u64,
-    pub last_seen_ms: u64,
-}
-
-impl Binding {
-    /// Whether the session came back after the request that bound it: a use after its
-    /// creation was recorded (the first return always is, see `session`).
-    pub fn returned(&self) -> bool {
-        self.last_seen_ms > self.created_ms
-    }
-}
-
-/// A session's lifetimes, as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Lifetimes {
-    pub absolute_ms: Option<u64>,
-    pub idle_ms: Option<u64>,
-}
-
-impl Lifetimes {
-    pub fn is_expired(&self, b: &Binding, now_ms: u64) -> bool {
-        self.is_expired_at(b.created_ms, b.last_seen_ms, now_ms)
-    }
-
-    pub fn is_expired_at(&self, created_ms: u64, last_seen_ms: u64, now_ms: u64) -> bool {
-        let past = |since: u64, limit: Option<u64>| {
-            limit.is_some_and(|limit| now_ms.saturating_sub(since) >= limit)
-        };
-        past(created_ms, self.absolute_ms) || past(last_seen_ms, self.idle_ms)
-    }
-
-    /// How often a binding's last-seen time is written back. Writing on every request would
-    /// put a shared-data write (and a CAS race) on the hot path. A quarter of the idle timeout
-    /// (60 s at most) means a session may expire up to that much early, never late.
-    pub fn touch_interval_ms(&self) -> Option<u64> {
-        self.idle_ms.map(|idle| (idle / 4).min(60_000))
-    }
+    pub pin: Pin,
+    /// The session came back after the request that bound it. Recorded as a flag, not read
+    /// from the times: a return within the same millisecond as the first request counts too.
+    pub returned: bool,
 }
 
 /// Outcome of a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriteReport {
     /// CAS races lost before the write went through.
     pub cas_retries: usize,
-    /// A live binding was pushed out to make room.
-    pub evicted_live: bool,
+    /// Live bindings pushed out to make room.
+    pub evicted_live: usize,
     /// Bindings in the bucket after the write minus before (new ids in, expired and evicted
     /// ones out): what the write changed in the table's size.
     pub bindings_delta: i64,
+}
+
+impl WriteReport {
+    pub fn add(&mut self, other: &WriteReport) {
+        self.cas_retries += other.cas_retries;
+        self.evicted_live += other.evicted_live;
+        self.bindings_delta += other.bindings_delta;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +105,27 @@ pub enum WriteError {
     Contended,
     /// The store refused.
     Store,
+    /// The endpoint or cluster name is longer than a binding holds.
+    TooLong,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteError::Contended => "contended",
+            WriteError::Store => "store",
+            WriteError::TooLong => "too_long",
+        })
+    }
+}
+
+/// The settings a table is made of. Two policies that name the same table (the same session
+/// name) must agree on them, or each would evict and expire the other's bindings by its own
+/// rules (`config` refuses such a configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableShape {
+    pub capacity: usize,
+    pub lifetimes: Lifetimes,
 }
 
 #[derive(Debug, Clone)]
@@ -112,13 +136,13 @@ pub struct BindingTable {
 }
 
 impl BindingTable {
-    /// A table for one session name, holding about `capacity` bindings.
-    pub fn new(session_name: &str, capacity: usize, lifetimes: Lifetimes) -> Self {
-        let buckets = capacity.div_ceil(SLOTS_PER_BUCKET).max(1) as u64;
+    /// A table for one session name, holding about `shape.capacity` bindings.
+    pub fn new(session_name: &str, shape: TableShape) -> Self {
+        let buckets = shape.capacity.div_ceil(SLOTS_PER_BUCKET).max(1) as u64;
         BindingTable {
             prefix: format!("tether/v{FORMAT_VERSION}/{session_name}/{buckets}/"),
             buckets,
-            lifetimes,
+            lifetimes: shape.lifetimes,
         }
     }
 
@@ -135,7 +159,7 @@ impl BindingTable {
     }
 
     fn bucket_key(&self, id: &SessionId) -> String {
-        self.bucket_key_at(id.hash() % self.buckets)
+        self.bucket_key_at(id.bucket(self.buckets))
     }
 
     /// Creates every bucket that does not exist yet. Envoy's CAS does not guard the creation of
@@ -161,7 +185,7 @@ impl BindingTable {
         };
         match decode_bucket(&bytes).into_iter().find(|b| b.id == *id) {
             None => Lookup::Unknown,
-            Some(b) if self.lifetimes.is_expired(&b, now_ms) => Lookup::Expired(b),
+            Some(b) if self.lifetimes.is_expired(&b.pin, now_ms) => Lookup::Expired(b),
             Some(b) => Lookup::Live(b),
         }
     }
@@ -173,6 +197,11 @@ impl BindingTable {
         binding: &Binding,
         now_ms: u64,
     ) -> Result<WriteReport, WriteError> {
+        if binding.pin.endpoint.len() > MAX_ENDPOINT_LEN
+            || binding.pin.cluster.as_ref().map_or(0, String::len) > MAX_CLUSTER_LEN
+        {
+            return Err(WriteError::TooLong);
+        }
         self.modify(store, &binding.id, now_ms, |entries| {
             entries.retain(|b| b.id != binding.id);
             entries.push(binding.clone());
@@ -188,11 +217,11 @@ impl BindingTable {
         now_ms: u64,
     ) -> Result<WriteReport, WriteError> {
         self.modify(store, id, now_ms, |entries| {
-            entries.retain(|b| !(b.id == *id && b.endpoint == endpoint));
+            entries.retain(|b| !(b.id == *id && b.pin.endpoint == endpoint));
         })
     }
 
-    /// Records that the session was seen now, if it still has a binding to `endpoint`.
+    /// Records that the session came back now, if it still has a binding to `endpoint`.
     pub fn touch(
         &self,
         store: &dyn Store,
@@ -203,9 +232,10 @@ impl BindingTable {
         self.modify(store, id, now_ms, |entries| {
             if let Some(b) = entries
                 .iter_mut()
-                .find(|b| b.id == *id && b.endpoint == endpoint)
+                .find(|b| b.id == *id && b.pin.endpoint == endpoint)
             {
-                b.last_seen_ms = b.last_seen_ms.max(now_ms);
+                b.pin = b.pin.seen(now_ms);
+                b.returned = true;
             }
         })
     }
@@ -228,18 +258,16 @@ impl BindingTable {
             if entries == before {
                 return Ok(WriteReport {
                     cas_retries: attempt,
-                    evicted_live: false,
-                    bindings_delta: 0,
+                    ..WriteReport::default()
                 });
             }
-            entries.retain(|b| b.id == *id || !self.lifetimes.is_expired(b, now_ms));
-            let mut evicted_live = false;
+            entries.retain(|b| b.id == *id || !self.lifetimes.is_expired(&b.pin, now_ms));
+            let mut evicted_live = 0;
             while entries.len() > SLOTS_PER_BUCKET {
-                let victim = victim(&entries, id);
-                match victim {
+                match victim(&entries, id) {
                     Some(i) => {
                         entries.remove(i);
-                        evicted_live = true;
+                        evicted_live += 1;
                     }
                     None => break,
                 }
@@ -263,9 +291,8 @@ impl BindingTable {
 /// At most this many bindings of a bucket are protected from eviction: those that came back
 /// after their first request, most recently seen first (a segmented LRU). The other slots take
 /// the new sessions, so a flood of one-request clients cycles through them and never reaches
-/// the protected ones, and new sessions always find room. 6 of 8: 100 active sessions in a
-/// table of 125 buckets put more than 4 in one bucket in about one run out of six (a flood then
-/// moved the fifth), more than 6 in about one out of 3 000.
+/// the protected ones, and new sessions always find room. With 6 of 8, 100 active sessions in
+/// a table of 125 buckets put more than 6 in one bucket about once in 3 000 tables.
 pub const PROTECTED_PER_BUCKET: usize = SLOTS_PER_BUCKET - 2;
 
 /// The binding to evict from an overfull bucket (never `keep`, the one being written): the
@@ -274,14 +301,14 @@ fn victim(entries: &[Binding], keep: &SessionId) -> Option<usize> {
     // Protected: came back, and fewer than PROTECTED_PER_BUCKET of those that came back were
     // seen more recently (ties by position). A bucket holds at most 9 here: no sort needed.
     let protected = |i: usize, b: &Binding| {
-        b.returned()
+        b.returned
             && entries
                 .iter()
                 .enumerate()
                 .filter(|(j, o)| {
-                    o.returned()
-                        && (o.last_seen_ms > b.last_seen_ms
-                            || (o.last_seen_ms == b.last_seen_ms && *j < i))
+                    o.returned
+                        && (o.pin.last_seen_ms > b.pin.last_seen_ms
+                            || (o.pin.last_seen_ms == b.pin.last_seen_ms && *j < i))
                 })
                 .count()
                 < PROTECTED_PER_BUCKET
@@ -291,7 +318,7 @@ fn victim(entries: &[Binding], keep: &SessionId) -> Option<usize> {
             .iter()
             .enumerate()
             .filter(|(i, b)| b.id != *keep && protected(*i, b) != unprotected)
-            .min_by_key(|(_, b)| b.last_seen_ms)
+            .min_by_key(|(_, b)| b.pin.last_seen_ms)
             .map(|(i, _)| i)
     };
     oldest(true).or_else(|| oldest(false))
@@ -303,30 +330,35 @@ fn len_i64(n: usize) -> i64 {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// Never issued, forgotten, or evicted.
+    /// Never bound, forgotten, or evicted.
     Unknown,
     Expired(Binding),
     Live(Binding),
 }
 
-/// Bucket layout: version, count, then per binding: id (16), created (8, LE), last seen
-/// (8, LE), endpoint length (1), endpoint bytes, cluster length (1), cluster bytes.
+const RETURNED: u8 = 1;
+
+/// Bucket layout: version, count, then per binding: id (16), flags (1: bit 0 returned),
+/// created (8, LE), last seen (8, LE), endpoint length (1), endpoint bytes, cluster length (1),
+/// cluster bytes. `put` refuses what does not fit.
 fn encode_bucket(entries: &[Binding]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + entries.len() * (ID_LEN + 17 + 24));
+    let mut out = Vec::with_capacity(2 + entries.len() * (ID_LEN + 19 + 24));
     out.push(FORMAT_VERSION);
     out.push(entries.len().min(usize::from(u8::MAX)) as u8);
     for b in entries.iter().take(usize::from(u8::MAX)) {
-        let endpoint = b.endpoint.as_bytes();
-        let endpoint = endpoint.get(..MAX_ENDPOINT_LEN).unwrap_or(endpoint);
         out.extend_from_slice(&b.id.0);
-        out.extend_from_slice(&b.created_ms.to_le_bytes());
-        out.extend_from_slice(&b.last_seen_ms.to_le_bytes());
-        out.push(endpoint.len() as u8);
-        out.extend_from_slice(endpoint);
-        let cluster = b.cluster.as_deref().unwrap_or("").as_bytes();
-        let cluster = cluster.get(..usize::from(u8::MAX)).unwrap_or(cluster);
-        out.push(cluster.len() as u8);
-        out.extend_from_slice(cluster);
+        out.push(if b.returned { RETURNED } else { 0 });
+        out.extend_from_slice(&b.pin.created_ms.to_le_bytes());
+        out.extend_from_slice(&b.pin.last_seen_ms.to_le_bytes());
+        for text in [
+            b.pin.endpoint.as_str(),
+            b.pin.cluster.as_deref().unwrap_or(""),
+        ] {
+            let bytes = text.as_bytes();
+            let bytes = bytes.get(..usize::from(u8::MAX)).unwrap_or(bytes);
+            out.push(bytes.len() as u8);
+            out.extend_from_slice(bytes);
+        }
     }
     out
 }
@@ -350,6 +382,7 @@ fn decode_bucket(bytes: &[u8]) -> Vec<Binding> {
 
 fn decode_binding(r: &mut Reader<'_>) -> Option<Binding> {
     let id = SessionId(r.take(ID_LEN)?.try_into().ok()?);
+    let flags = r.byte()?;
     let created_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let last_seen_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let len = usize::from(r.byte()?);
@@ -359,10 +392,13 @@ fn decode_binding(r: &mut Reader<'_>) -> Option<Binding> {
     let cluster = (!cluster.is_empty()).then(|| cluster.to_string());
     Some(Binding {
         id,
-        endpoint,
-        cluster,
-        created_ms,
-        last_seen_ms,
+        pin: Pin {
+            endpoint,
+            cluster,
+            created_ms,
+            last_seen_ms,
+        },
+        returned: flags & RETURNED != 0,
     })
 }
 
@@ -383,57 +419,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub mod fake {
-    //! An in-memory shared-data store that behaves like Envoy's (a CAS number per key,
-    //! creation unguarded) and can be told to lose the next CAS races. For tests and fuzzing:
-    //! the module never uses it, and link-time optimisation leaves it out.
-    use super::{Store, StoreError};
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    pub struct FakeStore {
-        pub data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-        next_cas: Cell<u32>,
-        /// The next this many conditional writes fail with a CAS mismatch, as if another
-        /// worker had written just before.
-        pub force_mismatches: Cell<usize>,
-        pub sets: Cell<usize>,
-        pub gets: Cell<usize>,
-    }
-
-    impl Store for FakeStore {
-        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-            self.gets.set(self.gets.get() + 1);
-            Ok(match self.data.borrow().get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            })
-        }
-
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-            self.sets.set(self.sets.get() + 1);
-            let mut data = self.data.borrow_mut();
-            if let (Some(expected), Some((_, current))) = (cas, data.get(key)) {
-                if self.force_mismatches.get() > 0 {
-                    self.force_mismatches.set(self.force_mismatches.get() - 1);
-                    return Err(StoreError::CasMismatch);
-                }
-                if expected != *current {
-                    return Err(StoreError::CasMismatch);
-                }
-            }
-            self.next_cas.set(self.next_cas.get() + 1);
-            data.insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fake::FakeStore;
     use super::*;
+    use crate::testing::FakeStore;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -441,31 +430,48 @@ mod tests {
         SessionId([n; ID_LEN])
     }
 
+    fn table(capacity: usize, lifetimes: Lifetimes) -> BindingTable {
+        BindingTable::new(
+            "tether",
+            TableShape {
+                capacity,
+                lifetimes,
+            },
+        )
+    }
+
+    /// A binding created at `created` and last seen at `last_seen`, not yet returned.
+    fn seen(id: SessionId, endpoint: &str, created: u64, last_seen: u64) -> Binding {
+        Binding {
+            id,
+            pin: Pin {
+                endpoint: endpoint.into(),
+                cluster: None,
+                created_ms: created,
+                last_seen_ms: last_seen,
+            },
+            returned: false,
+        }
+    }
+
     fn binding(n: u8, endpoint: &str, t: u64) -> Binding {
         seen(id(n), endpoint, t, t)
     }
 
-    /// A binding created at `created` and last seen at `last_seen`.
-    fn seen(id: SessionId, endpoint: &str, created: u64, last_seen: u64) -> Binding {
-        Binding {
-            id,
-            endpoint: endpoint.into(),
-            cluster: None,
-            created_ms: created,
-            last_seen_ms: last_seen,
-        }
+    fn live(t: &BindingTable, store: &FakeStore, id: &SessionId, now: u64) -> bool {
+        matches!(t.lookup(store, id, now), Lookup::Live(_))
     }
 
     /// Ids that land in one bucket of `table`.
     fn colliding_ids(table: &BindingTable, count: usize) -> Vec<SessionId> {
-        let target = id(0).hash() % table.buckets;
+        let target = id(0).bucket(table.buckets);
         let mut found = Vec::new();
         let mut n: u32 = 0;
         while found.len() < count {
             let mut raw = [0u8; ID_LEN];
             raw[..4].copy_from_slice(&n.to_le_bytes());
             let candidate = SessionId(raw);
-            if candidate.hash() % table.buckets == target {
+            if candidate.bucket(table.buckets) == target {
                 found.push(candidate);
             }
             n += 1;
@@ -476,10 +482,9 @@ mod tests {
 
     #[test]
     fn bucket_codec_round_trip_and_damage() {
-        let with_cluster = Binding {
-            cluster: Some("app-v2".into()),
-            ..binding(2, "[::1]:80", u64::MAX)
-        };
+        let mut with_cluster = binding(2, "[::1]:80", u64::MAX);
+        with_cluster.pin.cluster = Some("app-v2".into());
+        with_cluster.returned = true;
         let entries = vec![binding(1, "127.0.0.1:8081", 5), with_cluster];
         let bytes = encode_bucket(&entries);
         assert_eq!(decode_bucket(&bytes), entries);
@@ -489,12 +494,16 @@ mod tests {
         }
         assert!(decode_bucket(&[9, 1, 2, 3]).is_empty());
         assert!(decode_bucket(&[]).is_empty());
+        assert!(
+            decode_bucket(&[2, 0]).is_empty(),
+            "an older format reads as empty"
+        );
     }
 
     #[test]
     fn put_then_lookup() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 100, Lifetimes::default());
+        let t = table(100, Lifetimes::default());
         assert_eq!(t.lookup(&store, &id(1), 10), Lookup::Unknown);
         t.put(&store, &binding(1, "127.0.0.1:8081", 10), 10)
             .unwrap();
@@ -513,15 +522,36 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_or_cluster_too_long_is_refused_not_cut() {
+        let store = FakeStore::default();
+        let t = table(100, Lifetimes::default());
+        let long = format!("{}:1", "a".repeat(MAX_ENDPOINT_LEN));
+        assert_eq!(
+            t.put(&store, &binding(1, &long, 0), 0),
+            Err(WriteError::TooLong)
+        );
+        let mut b = binding(2, "127.0.0.1:1", 0);
+        b.pin.cluster = Some("c".repeat(MAX_CLUSTER_LEN + 1));
+        assert_eq!(t.put(&store, &b, 0), Err(WriteError::TooLong));
+        assert_eq!(store.sets.get(), 0, "nothing written");
+        let fits = "a".repeat(MAX_ENDPOINT_LEN);
+        t.put(&store, &binding(3, &fits, 0), 0).unwrap();
+        assert_eq!(
+            t.lookup(&store, &id(3), 0),
+            Lookup::Live(binding(3, &fits, 0))
+        );
+    }
+
+    #[test]
     fn expiry_idle_and_absolute() {
         let store = FakeStore::default();
         let lt = Lifetimes {
             absolute_ms: Some(10_000),
             idle_ms: Some(2_000),
         };
-        let t = BindingTable::new("tether", 100, lt);
+        let t = table(100, lt);
         t.put(&store, &binding(1, "e", 0), 0).unwrap();
-        assert!(matches!(t.lookup(&store, &id(1), 1_999), Lookup::Live(_)));
+        assert!(live(&t, &store, &id(1), 1_999));
         assert!(matches!(
             t.lookup(&store, &id(1), 2_000),
             Lookup::Expired(_)
@@ -529,10 +559,7 @@ mod tests {
         // Touched sessions live on until the absolute limit.
         for now in (1_000..10_000).step_by(1_000) {
             t.touch(&store, &id(1), "e", now).unwrap();
-            assert!(
-                matches!(t.lookup(&store, &id(1), now + 1_500), Lookup::Live(_))
-                    || now + 1_500 >= 10_000
-            );
+            assert!(live(&t, &store, &id(1), now + 1_500) || now + 1_500 >= 10_000);
         }
         assert!(matches!(
             t.lookup(&store, &id(1), 10_000),
@@ -543,30 +570,32 @@ mod tests {
     #[test]
     fn remove_forgets_only_that_binding() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 100, Lifetimes::default());
+        let t = table(100, Lifetimes::default());
         t.put(&store, &binding(1, "a", 0), 0).unwrap();
         t.put(&store, &binding(2, "a", 0), 0).unwrap();
         t.remove(&store, &id(1), "b", 1).unwrap();
-        assert!(
-            matches!(t.lookup(&store, &id(1), 1), Lookup::Live(_)),
-            "moved since: kept"
-        );
+        assert!(live(&t, &store, &id(1), 1), "moved since: kept");
         let r = t.remove(&store, &id(1), "a", 1).unwrap();
         assert_eq!(r.bindings_delta, -1);
         assert_eq!(t.lookup(&store, &id(1), 1), Lookup::Unknown);
-        assert!(matches!(t.lookup(&store, &id(2), 1), Lookup::Live(_)));
+        assert!(live(&t, &store, &id(2), 1));
     }
 
     #[test]
-    fn touch_only_matches_the_same_endpoint() {
+    fn touch_marks_the_return_and_only_matches_the_same_endpoint() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 100, Lifetimes::default());
+        let t = table(100, Lifetimes::default());
         t.put(&store, &binding(1, "a", 0), 0).unwrap();
         t.touch(&store, &id(1), "b", 50).unwrap();
         assert_eq!(
             t.lookup(&store, &id(1), 60),
             Lookup::Live(binding(1, "a", 0))
         );
+        t.touch(&store, &id(1), "a", 0).unwrap();
+        let Lookup::Live(b) = t.lookup(&store, &id(1), 0) else {
+            panic!("bound")
+        };
+        assert!(b.returned, "a return in the same millisecond is a return");
         let writes = store.sets.get();
         t.touch(&store, &id(9), "a", 50).unwrap();
         assert_eq!(
@@ -583,7 +612,7 @@ mod tests {
             absolute_ms: None,
             idle_ms: Some(1_000),
         };
-        let t = BindingTable::new("tether", 1000, lt);
+        let t = table(1000, lt);
         let ids = colliding_ids(&t, SLOTS_PER_BUCKET + 2);
         let put = |i: usize, t_ms: u64| {
             t.put(&store, &seen(ids[i], &format!("e{i}"), t_ms, t_ms), t_ms)
@@ -598,109 +627,119 @@ mod tests {
         assert_eq!(put(1, 4_501).bindings_delta, 0, "rewriting an id adds none");
         let r = put(SLOTS_PER_BUCKET, 5_000);
         held += r.bindings_delta;
-        assert!(!r.evicted_live, "an expired binding made the room");
+        assert_eq!(r.evicted_live, 0, "an expired binding made the room");
         assert_eq!(t.lookup(&store, &ids[0], 5_000), Lookup::Unknown);
         // Now full of live ones: the least recently seen (slot 1) goes.
         let r = put(SLOTS_PER_BUCKET + 1, 5_100);
-        assert!(r.evicted_live);
+        assert_eq!(r.evicted_live, 1);
         assert_eq!(r.bindings_delta, 0, "one in, one evicted");
         // The deltas add up to what the bucket holds: a full one.
         assert_eq!(held, SLOTS_PER_BUCKET as i64);
         assert_eq!(t.lookup(&store, &ids[1], 5_100), Lookup::Unknown);
-        for (i, live) in ids.iter().enumerate().skip(2) {
-            assert!(
-                matches!(t.lookup(&store, live, 5_100), Lookup::Live(_)),
-                "slot {i}"
-            );
+        for (i, id) in ids.iter().enumerate().skip(2) {
+            assert!(live(&t, &store, id, 5_100), "slot {i}");
         }
     }
 
     #[test]
     fn sessions_that_came_back_are_protected_from_new_ones_up_to_a_limit() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 1000, Lifetimes::default());
+        let t = table(1000, Lifetimes::default());
         let ids = colliding_ids(&t, SLOTS_PER_BUCKET + 6);
-        let put = |i: usize, created: u64, last: u64| {
-            t.put(&store, &seen(ids[i], &format!("e{i}"), created, last), last)
-                .unwrap()
-        };
-        let live = |i: usize| matches!(t.lookup(&store, &ids[i], 10_000), Lookup::Live(_));
-        // A full bucket of sessions that came back (seen after their creation).
-        for i in 0..SLOTS_PER_BUCKET {
-            put(i, 0, 100 + i as u64);
+        let is_live = |i: usize| live(&t, &store, &ids[i], 10_000);
+        // A full bucket of sessions that came back.
+        for (i, id) in ids.iter().enumerate().take(SLOTS_PER_BUCKET) {
+            let mut b = seen(*id, &format!("e{i}"), 0, 100 + i as u64);
+            b.returned = true;
+            t.put(&store, &b, 100).unwrap();
         }
         // Six one-request clients, each more recent than every one of them.
         for j in 0..6 {
-            let r = put(SLOTS_PER_BUCKET + j, 1_000 + j as u64, 1_000 + j as u64);
-            assert!(r.evicted_live);
-            assert!(
-                live(SLOTS_PER_BUCKET + j),
-                "a new session always finds room"
-            );
+            let i = SLOTS_PER_BUCKET + j;
+            let now = 1_000 + j as u64;
+            let r = t.put(&store, &seen(ids[i], "n", now, now), now).unwrap();
+            assert_eq!(r.evicted_live, 1);
+            assert!(is_live(i), "a new session always finds room");
         }
-        // The PROTECTED_PER_BUCKET most recent of those that came back stayed (6: ids 2-7);
-        // the others made room.
+        // The PROTECTED_PER_BUCKET most recent of those that came back stayed (ids 2-7); the
+        // others made room.
         let first_kept = SLOTS_PER_BUCKET - PROTECTED_PER_BUCKET;
         for i in 0..SLOTS_PER_BUCKET {
-            assert_eq!(live(i), i >= first_kept, "returned binding {i}");
+            assert_eq!(is_live(i), i >= first_kept, "returned binding {i}");
         }
         // The newcomers share the other 2 slots: the 2 most recent of them are held.
-        let held: Vec<bool> = (0..6).map(|j| live(SLOTS_PER_BUCKET + j)).collect();
+        let held: Vec<bool> = (0..6).map(|j| is_live(SLOTS_PER_BUCKET + j)).collect();
         assert_eq!(held, [false, false, false, false, true, true]);
+    }
+
+    /// Issue #12, defect 6: a session whose first return came in the same millisecond as its
+    /// first request (last seen == created) was never marked as returned, and a flood pushed it
+    /// out. The return is a flag now, whatever the clock says.
+    #[test]
+    fn a_return_in_the_same_millisecond_protects_the_session_from_a_flood() {
+        let store = FakeStore::default();
+        let t = table(1000, Lifetimes::default());
+        let ids = colliding_ids(&t, PROTECTED_PER_BUCKET + 50);
+        let (active, flood) = ids.split_at(PROTECTED_PER_BUCKET);
+        for id in active {
+            t.put(&store, &seen(*id, "a", 7, 7), 7).unwrap();
+            t.touch(&store, id, "a", 7).unwrap();
+        }
+        for (n, id) in flood.iter().enumerate() {
+            let now = 8 + n as u64;
+            t.put(&store, &seen(*id, "f", now, now), now).unwrap();
+        }
+        for id in active {
+            assert!(live(&t, &store, id, 100), "{id:?} pushed out by a flood");
+        }
     }
 
     #[test]
     fn key_space_is_bounded_whatever_the_sessions() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 1_000, Lifetimes::default());
+        let t = table(1_000, Lifetimes::default());
         t.prepare(&store).unwrap();
         let keys_after_prepare = store.data.borrow().len();
         assert_eq!(keys_after_prepare as u64, t.bucket_count());
-        let mut e = crate::token::SystemEntropy;
+        let hasher = crate::secret::IdHasher::new(&[4; 32]);
         for n in 0..20_000u64 {
-            let id = SessionId::generate(&mut e).unwrap();
-            let b = Binding {
-                id,
-                endpoint: "127.0.0.1:1".into(),
-                cluster: Some("app".into()),
-                created_ms: n,
-                last_seen_ms: n,
-            };
+            let mut b = seen(hasher.id(&n.to_le_bytes()), "127.0.0.1:1", n, n);
+            b.pin.cluster = Some("app".into());
             t.put(&store, &b, n).unwrap();
         }
         assert_eq!(store.data.borrow().len(), keys_after_prepare);
-        let live: usize = store
+        let held: usize = store
             .data
             .borrow()
             .values()
             .map(|(v, _)| decode_bucket(v).len())
             .sum();
-        assert!(live <= t.bucket_count() as usize * SLOTS_PER_BUCKET);
+        assert!(held <= t.bucket_count() as usize * SLOTS_PER_BUCKET);
         assert!(
-            live >= 900,
-            "the table fills up to about its capacity, got {live}"
+            held >= 900,
+            "the table fills up to about its capacity, got {held}"
         );
     }
 
     #[test]
     fn prepare_is_idempotent_and_keeps_bindings() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 64, Lifetimes::default());
+        let t = table(64, Lifetimes::default());
         assert_eq!(t.prepare(&store).unwrap(), 8);
         t.put(&store, &binding(1, "a", 0), 0).unwrap();
         assert_eq!(t.prepare(&store).unwrap(), 0);
-        assert!(matches!(t.lookup(&store, &id(1), 0), Lookup::Live(_)));
+        assert!(live(&t, &store, &id(1), 0));
     }
 
     #[test]
     fn cas_conflicts_are_retried_then_given_up() {
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 100, Lifetimes::default());
+        let t = table(100, Lifetimes::default());
         t.prepare(&store).unwrap();
         store.force_mismatches.set(3);
         let r = t.put(&store, &binding(1, "a", 0), 0).unwrap();
         assert_eq!(r.cas_retries, 3);
-        assert!(matches!(t.lookup(&store, &id(1), 0), Lookup::Live(_)));
+        assert!(live(&t, &store, &id(1), 0));
 
         store.force_mismatches.set(MAX_CAS_RETRIES + 1);
         assert_eq!(
@@ -709,14 +748,19 @@ mod tests {
         );
         assert_eq!(t.lookup(&store, &id(2), 0), Lookup::Unknown);
         // The earlier binding survived the failed attempts.
-        assert!(matches!(t.lookup(&store, &id(1), 0), Lookup::Live(_)));
+        assert!(live(&t, &store, &id(1), 0));
+        store.refuse_writes.set(true);
+        assert_eq!(
+            t.put(&store, &binding(3, "c", 0), 0),
+            Err(WriteError::Store)
+        );
     }
 
     #[test]
     fn interleaved_writers_lose_nothing() {
         // Two writers read the same bucket, then both write: the second must notice and merge.
         let store = FakeStore::default();
-        let t = BindingTable::new("tether", 8, Lifetimes::default()); // one bucket
+        let t = table(8, Lifetimes::default()); // one bucket
         t.prepare(&store).unwrap();
         let key = t.bucket_key(&id(1));
         let (_, stale_cas) = store.get(&key).unwrap();
@@ -728,43 +772,7 @@ mod tests {
         );
         // ...and the table's own writer re-reads and keeps both.
         t.put(&store, &binding(2, "b", 0), 0).unwrap();
-        assert!(matches!(t.lookup(&store, &id(1), 0), Lookup::Live(_)));
-        assert!(matches!(t.lookup(&store, &id(2), 0), Lookup::Live(_)));
-    }
-
-    #[test]
-    fn touch_interval() {
-        assert_eq!(
-            Lifetimes {
-                absolute_ms: None,
-                idle_ms: None
-            }
-            .touch_interval_ms(),
-            None
-        );
-        assert_eq!(
-            Lifetimes {
-                absolute_ms: None,
-                idle_ms: Some(2_000)
-            }
-            .touch_interval_ms(),
-            Some(500)
-        );
-        assert_eq!(
-            Lifetimes {
-                absolute_ms: None,
-                idle_ms: Some(40_000)
-            }
-            .touch_interval_ms(),
-            Some(10_000)
-        );
-        assert_eq!(
-            Lifetimes {
-                absolute_ms: None,
-                idle_ms: Some(3_600_000)
-            }
-            .touch_interval_ms(),
-            Some(60_000)
-        );
+        assert!(live(&t, &store, &id(1), 0));
+        assert!(live(&t, &store, &id(2), 0));
     }
 }

@@ -12,12 +12,14 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use proptest::prelude::*;
-use std::collections::HashMap;
-use tether::config::PluginConfig;
+use tether::config::{Config, Settings};
+use tether::encoding::{base64url_decode, base64url_encode};
+use tether::entropy::{Entropy, SystemEntropy};
+use tether::http::HeaderOp;
+use tether::plugin::{Plugin, Stream};
+use tether::policy::{Found, Miss, PolicyState};
 use tether::seal::MAX_TOKEN_LEN;
-use tether::session::{Engine, Found, Miss, Request, RequestState, Response, ResponseAction};
-use tether::table::fake::FakeStore;
-use tether::token::{base64url_decode, base64url_encode, SystemEntropy};
+use tether::testing::{FakeRequest, FakeResponse, FakeStore};
 
 const A: &str = "127.0.0.1:8081";
 const B: &str = "127.0.0.1:8082";
@@ -26,25 +28,28 @@ const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 const PROCESS_KEY: [u8; 32] = [9; 32];
 const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/// A request as these tests write it: header fields in order, and the peer address.
 #[derive(Default, Clone)]
 struct Req {
-    headers: HashMap<String, Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
     source: Option<String>,
 }
 
 impl Req {
     fn with(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers.insert(name.into(), value.as_ref().to_vec());
+        self.headers.push((name.into(), value.as_ref().to_vec()));
         self
     }
-}
 
-impl Request for Req {
-    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.headers.get(name).cloned()
-    }
-    fn source_address(&mut self) -> Option<String> {
-        self.source.clone()
+    fn fake(&self) -> FakeRequest {
+        let mut req = FakeRequest::default().from_address(self.source.as_deref());
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
+        if !self.headers.iter().any(|(n, _)| n == ":path") {
+            req = req.header(":path", "/");
+        }
+        req
     }
 }
 
@@ -61,28 +66,110 @@ impl Resp {
             set_cookies: vec![],
         }
     }
-}
 
-impl Response for Resp {
-    fn upstream(&mut self) -> Option<String> {
-        Some(self.endpoint.clone())
-    }
-    fn came_from_upstream(&mut self) -> bool {
-        true
-    }
-    fn cluster(&mut self) -> Option<String> {
-        Some("app".into())
-    }
-    fn set_cookies(&mut self) -> Vec<Vec<u8>> {
-        self.set_cookies.clone()
-    }
-    fn status(&mut self) -> Option<u16> {
-        Some(200)
+    fn fake(&self) -> FakeResponse {
+        let mut resp = FakeResponse::ok(&self.endpoint);
+        for c in &self.set_cookies {
+            resp = resp.header("set-cookie", c);
+        }
+        resp
     }
 }
 
-fn config(json: &str) -> PluginConfig {
-    PluginConfig::parse(json.as_bytes()).expect("test config parses")
+/// One policy's request and response paths, through the real plugin, seen as the headers tether
+/// sets on the request and the token it hands out.
+struct Engine {
+    plugin: Plugin,
+    settings: Settings,
+}
+
+struct RequestState {
+    found: Found,
+    adopted: bool,
+    stream: Stream,
+}
+
+/// What the request phase set: the routing headers and the Cookie header the backend receives
+/// (`Some(empty)`: removed).
+struct Edits {
+    host: Option<String>,
+    cluster: Option<String>,
+    cookie: Option<Vec<u8>>,
+}
+
+/// What the response phase handed the client: tether's Set-Cookie, its response header.
+struct ResponseAction {
+    set_cookie: Option<String>,
+    set_header: Option<(String, String)>,
+}
+
+impl Engine {
+    fn new(settings: Settings, process_key: [u8; 32]) -> Engine {
+        let config = Config {
+            default: settings.clone(),
+            routes: Vec::new(),
+        };
+        Engine {
+            plugin: Plugin::new(&config, &process_key),
+            settings,
+        }
+    }
+
+    fn on_request(&self, store: &FakeStore, req: &mut Req, now: u64) -> (RequestState, Edits) {
+        let plan = self.plugin.on_request(None, &mut req.fake(), store, now);
+        let set = |name: &str| {
+            plan.ops.iter().rev().find_map(|op| match op {
+                HeaderOp::Set(n, v) if n == name => Some(Some(v.clone())),
+                HeaderOp::Remove(n) if n == name => Some(None),
+                _ => None,
+            })
+        };
+        let text = |v: Option<Option<Vec<u8>>>| {
+            v.flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let edits = Edits {
+            host: text(set("x-tether-host")),
+            cluster: text(set("x-tether-cluster")),
+            cookie: set("cookie").map(Option::unwrap_or_default),
+        };
+        let stream = plan.stream.expect("a policy");
+        let adopted = matches!(&stream.state, PolicyState::Table(t) if t.adopted);
+        let state = RequestState {
+            found: stream.state.found().clone(),
+            adopted,
+            stream,
+        };
+        (state, edits)
+    }
+
+    fn on_response(
+        &self,
+        store: &FakeStore,
+        state: &RequestState,
+        resp: &mut Resp,
+        now: u64,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction {
+        let action = self
+            .plugin
+            .on_response(&state.stream, &mut resp.fake(), store, now, entropy);
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        ResponseAction {
+            set_cookie: action.ops.iter().rev().find_map(|op| match op {
+                HeaderOp::Add(n, v) if n == "set-cookie" => Some(text(v)),
+                _ => None,
+            }),
+            set_header: action.ops.iter().rev().find_map(|op| match op {
+                HeaderOp::Set(n, v) => Some((n.clone(), text(v))),
+                _ => None,
+            }),
+        }
+    }
+}
+
+fn config(json: &str) -> Config {
+    Config::parse(json.as_bytes()).expect("test config parses")
 }
 
 fn engine(json: &str) -> Engine {
@@ -130,7 +217,7 @@ fn issue_cookie(e: &Engine, endpoint: &str, now: u64) -> String {
 fn endpoint(found: &Found) -> Option<&str> {
     match found {
         Found::Pinned(p) => Some(p.endpoint.as_str()),
-        Found::New(_) => None,
+        _ => None,
     }
 }
 
@@ -584,8 +671,9 @@ fn token_issued_for_another_route_is_no_session() {
         open(&admin, "tether", &t_default),
         Found::New(Miss::Unknown)
     );
-    // A header session's token in the cookie of a cookie session of the same name and key
-    // is a pin of the same scope: documented below, and it opens nowhere else.
+    // A header session's token is bound to its carrier: in the cookie of a cookie session of
+    // the same name and keys it does not open (issue #12), nor anywhere else.
+    assert_eq!(open(&default, "tether", &t_hdr), Found::New(Miss::Unknown));
     assert_eq!(open(&cart, "cart", &t_hdr), Found::New(Miss::Unknown));
     assert_eq!(open(&admin, "tether", &t_hdr), Found::New(Miss::Unknown));
     // By design, routes that keep the same session name and keys share their sessions (a
@@ -599,7 +687,7 @@ fn token_issued_for_another_route_is_no_session() {
     record(
         "tokens-other-route",
         "tokens of routes with another session name (cookie `cart`), other keys, another type (header) sent to each other; a route that only overrides a timeout",
-        "other name, other keys, other type: no session; same name and keys: shared by design (the browser sends one cookie to both), under the route's own timeout",
+        "other name, other keys, other type (a header token in the cookie of the same name and keys): no session; same name and keys: shared by design (the browser sends one cookie to both), under the route's own timeout",
     );
 }
 

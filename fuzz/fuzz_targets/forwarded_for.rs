@@ -4,18 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, SocketAddr};
-use tether::session::{client_ip, Request};
-
-struct Req<'a>(&'a [u8]);
-
-impl Request for Req<'_> {
-    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
-        (name == "x-forwarded-for").then(|| self.0.to_vec())
-    }
-    fn source_address(&mut self) -> Option<String> {
-        Some("127.0.0.1:40000".into())
-    }
-}
+use tether::policy::client_ip;
+use tether::testing::FakeRequest;
 
 fn parse(text: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(text).ok()?;
@@ -34,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let hops = usize::from(hops % 20);
-    if let Some(ip) = client_ip(&mut Req(xff), hops) {
+    let mut req = FakeRequest::new().header("x-forwarded-for", xff);
+    if let Some(ip) = client_ip(&mut req, hops) {
         let peer: IpAddr = [127, 0, 0, 1].into();
         let written = xff
             .split(|&b| b == b',')

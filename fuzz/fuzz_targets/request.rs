@@ -5,42 +5,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::collections::HashMap;
-use tether::config::PluginConfig;
-use tether::session::{Engine, Found, Request, Response};
-use tether::table::fake::FakeStore;
-use tether::token::SystemEntropy;
-
-struct Req(HashMap<&'static str, Vec<u8>>);
-
-impl Request for Req {
-    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.0.get(name).cloned()
-    }
-    fn source_address(&mut self) -> Option<String> {
-        Some("127.0.0.1:40000".into())
-    }
-}
-
-struct Resp;
-
-impl Response for Resp {
-    fn upstream(&mut self) -> Option<String> {
-        Some("127.0.0.1:8081".into())
-    }
-    fn came_from_upstream(&mut self) -> bool {
-        true
-    }
-    fn cluster(&mut self) -> Option<String> {
-        Some("app".into())
-    }
-    fn set_cookies(&mut self) -> Vec<Vec<u8>> {
-        vec![b"JSESSIONID=app.1; Path=/".to_vec()]
-    }
-    fn status(&mut self) -> Option<u16> {
-        Some(200)
-    }
-}
+use tether::config::Config;
+use tether::entropy::SystemEntropy;
+use tether::http::HeaderOp;
+use tether::plugin::Plugin;
+use tether::policy::Found;
+use tether::testing::{FakeRequest, FakeResponse, FakeStore};
 
 const CONFIGS: [&str; 6] = [
     r#"{"keys": ["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="]}"#,
@@ -60,38 +30,63 @@ fn sealed(value: &str) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|&b| b == 0);
-    let mut next = || parts.next().unwrap_or_default().to_vec();
-    let mut headers = HashMap::new();
-    for name in ["cookie", "x-session", "x-sid", ":path", "x-forwarded-for"] {
-        headers.insert(name, next());
+    let mut req = FakeRequest::default().from_address(Some("127.0.0.1:40000"));
+    for name in [
+        "cookie",
+        "cookie",
+        "x-session",
+        "x-sid",
+        ":path",
+        "x-forwarded-for",
+    ] {
+        req = req.header(name, parts.next().unwrap_or_default());
     }
     for json in CONFIGS {
-        let Ok(config) = PluginConfig::parse(json.as_bytes()) else {
+        let Ok(config) = Config::parse(json.as_bytes()) else {
             return;
         };
-        let engine = Engine::new(config.default, [7; 32]);
+        let plugin = Plugin::new(&config, &[7; 32]);
         let store = FakeStore::default();
-        let (state, edits) = engine.on_request(&store, &mut Req(headers.clone()), 1_000);
+        for table in plugin.tables() {
+            let _ = table.prepare(&store);
+        }
+        let plan = plugin.on_request(None, &mut req.clone(), &store, 1_000);
+        let Some(stream) = plan.stream else {
+            panic!("{json}: no policy");
+        };
         assert!(
-            matches!(state.found, Found::New(_)),
+            !matches!(stream.state.found(), Found::Pinned(_)),
             "{json}: pinned from client bytes"
         );
-        assert_eq!(edits.host, None);
-        let action = engine.on_response(&store, &state, &mut Resp, 1_000, &mut SystemEntropy);
-        if let Some(set_cookie) = &action.set_cookie {
-            assert!(
-                !set_cookie.bytes().any(|b| b < 0x20 || b == 0x7f),
-                "{set_cookie:?}"
-            );
-            let value = set_cookie
-                .split(';')
-                .next()
-                .and_then(|p| p.split_once('='))
-                .map(|(_, v)| v);
-            assert!(value.is_some_and(sealed), "{set_cookie:?}");
-        }
-        if let Some((_, value)) = &action.set_header {
-            assert!(sealed(value), "{value:?}");
+        assert!(
+            !plan
+                .ops
+                .iter()
+                .any(|op| matches!(op, HeaderOp::Set(n, _) if n == "x-tether-host")),
+            "{json}: a routing header from client bytes"
+        );
+        let mut resp = FakeResponse::ok("127.0.0.1:8081").set_cookie("JSESSIONID=app.1; Path=/");
+        let action = plugin.on_response(&stream, &mut resp, &store, 1_000, &mut SystemEntropy);
+        for op in &action.ops {
+            match op {
+                HeaderOp::Add(name, v) if name == "set-cookie" => {
+                    let set_cookie = String::from_utf8_lossy(v);
+                    assert!(
+                        !set_cookie.bytes().any(|b| b < 0x20 || b == 0x7f),
+                        "{set_cookie:?}"
+                    );
+                    let value = set_cookie
+                        .split(';')
+                        .next()
+                        .and_then(|p| p.split_once('='))
+                        .map(|(_, v)| v);
+                    assert!(value.is_some_and(sealed), "{set_cookie:?}");
+                }
+                HeaderOp::Set(_, value) => {
+                    assert!(sealed(&String::from_utf8_lossy(value)), "{value:?}")
+                }
+                _ => {}
+            }
         }
     }
 });

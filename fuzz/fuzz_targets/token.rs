@@ -3,11 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::seal::Sealer;
-use tether::token::{base64_decode, base64url_decode, base64url_encode, SessionId};
+use tether::encoding::{base64_decode, base64url_decode, base64url_encode};
+use tether::seal::{Carrier, Sealer};
 
 fuzz_target!(|data: &[u8]| {
-    let sealer = Sealer::new(&[[1; 32], [2; 32]], "tether");
+    let sealer = Sealer::new(&[[1; 32], [2; 32]], Carrier::Cookie, "tether");
     assert_eq!(
         sealer.open(data, b""),
         None,
@@ -22,7 +22,4 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let _ = base64_decode(data);
-    if let Some(id) = SessionId::decode(data) {
-        assert_eq!(id.encode().as_bytes(), data);
-    }
 });

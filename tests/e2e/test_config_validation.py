@@ -14,9 +14,9 @@ def key(n=32):
 
 
 FULL = {
-    "type": "cookie", "session_name": "tether", "learn_from": "cookie", "trusted_hops": 0,
+    "type": "cookie", "session_name": "tether",
     "keys": [key(), key()], "on_unavailable": "rebalance", "unavailable_status": 503,
-    "retry_after": "5s", "max_sessions": 100000,
+    "retry_after": "5s",
     "cookie": {"path": "/", "domain": None, "secure": False, "http_only": True,
                "same_site": "lax", "lifetime_type": "session"},
     "absolute_timeout": "24h", "idle_timeout": "30m",
@@ -26,7 +26,8 @@ FULL = {
                  "unavailable_status": 429, "retry_after": "30s"},
         "legacy": {"type": "learn", "learn_from": "cookie", "session_name": "JSESSIONID",
                    "max_sessions": 5000},
-        "edge": {"type": "source_ip", "trusted_hops": 2},
+        "edge": {"type": "source_ip", "trusted_hops": 2, "max_sessions": 100000},
+        "search": {"type": "learn", "learn_from": "query", "session_name": "sid"},
         "api": {"disabled": True},
     },
 }
@@ -94,8 +95,8 @@ BAD = {
     "status-99": ({"unavailable_status": 99}, "unavailable_status"),
     "status-600": ({"unavailable_status": 600}, "unavailable_status"),
     "retry-after-no-unit": ({"retry_after": "5"}, "retry_after"),
-    "max-sessions-0": ({"max_sessions": 0}, "max_sessions"),
-    "max-sessions-string": ({"max_sessions": "10"}, "max_sessions"),
+    "max-sessions-0": ({"type": "learn", "max_sessions": 0}, "max_sessions"),
+    "max-sessions-string": ({"type": "source_ip", "max_sessions": "10"}, "max_sessions"),
     "cluster-header-empty": ({"upstream": {"cluster_header": ""}}, "cluster_header"),
     "upstream-unknown": ({"upstream": {"hots_header": "x"}}, "hots_header"),
     "route-unknown-field": ({"routes": {"r": {"bogus": 1}}}, "routes.r"),
@@ -104,6 +105,15 @@ BAD = {
     "route-disabled-not-bool": ({"routes": {"api": {"disabled": "yes"}}}, "routes.api"),
     "routes-not-object": ({"routes": ["cart"]}, "routes"),
     "full-example-one-bad-field": ({**FULL, "retry_after": "soon"}, "retry_after"),
+    # A field the session type has no use for (issue #12).
+    "hops-on-cookie": ({"trusted_hops": 1}, "trusted_hops"),
+    "max-sessions-on-header": ({"type": "header", "max_sessions": 10}, "max_sessions"),
+    "learn-from-on-source-ip": ({"type": "source_ip", "learn_from": "header"}, "learn_from"),
+    "cookie-on-route-header": ({"routes": {"api": {"type": "header", "cookie": {"secure": True}}}},
+                               "routes.api.cookie"),
+    # Two policies sharing one binding table must agree on it (issue #12).
+    "shared-table-differs": ({"type": "learn", "session_name": "J", "max_sessions": 1000,
+                              "routes": {"b": {"max_sessions": 2000}}}, "routes.b.session_name"),
 }
 
 

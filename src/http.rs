@@ -1,0 +1,136 @@
+//! What the core sees of a request and a response, and the changes it asks for.
+//!
+//! The adapter reads each header map once (one host call) and hands it over whole, so the core
+//! sees every field of a repeated header (HTTP/1.1 clients may send `Cookie` several times;
+//! Envoy's single-value getter returns the first only) and costs no host call per header.
+
+/// A header map as Envoy hands it over: (name, value) pairs in order; names may repeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    pub fn new(pairs: Vec<(String, Vec<u8>)>) -> Headers {
+        Headers(pairs)
+    }
+
+    /// Every value of `name` (case-insensitive), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The first value of `name`.
+    pub fn first(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.first(name).is_some()
+    }
+
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.0.push((name.to_string(), value.to_vec()));
+    }
+}
+
+/// A request's header map and the properties the core may ask for.
+pub trait Request {
+    fn headers(&self) -> &Headers;
+    /// The downstream peer, `IP:port` (a property read: asked only by `source_ip`).
+    fn source_address(&mut self) -> Option<String>;
+}
+
+/// A response's header map and the properties the core may ask for. Each property is a host
+/// call; the core asks only for what the answer needs.
+pub trait Response {
+    fn headers(&self) -> &Headers;
+    /// The endpoint Envoy last sent the request to, `IP:port`.
+    fn upstream(&mut self) -> Option<String>;
+    /// Envoy's `response.code_details`: `via_upstream`, or why Envoy answered itself.
+    fn code_details(&mut self) -> Option<String>;
+    /// The cluster that handled the request.
+    fn cluster(&mut self) -> Option<String>;
+}
+
+/// A change to a header map, carried out in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Replace every field of the header with one value.
+    Set(String, Vec<u8>),
+    /// Add one more field.
+    Add(String, Vec<u8>),
+    /// Remove every field.
+    Remove(String),
+}
+
+impl HeaderOp {
+    pub fn set(name: &str, value: impl Into<Vec<u8>>) -> HeaderOp {
+        HeaderOp::Set(name.to_string(), value.into())
+    }
+
+    pub fn add(name: &str, value: impl Into<Vec<u8>>) -> HeaderOp {
+        HeaderOp::Add(name.to_string(), value.into())
+    }
+
+    pub fn remove(name: &str) -> HeaderOp {
+        HeaderOp::Remove(name.to_string())
+    }
+}
+
+/// The response's status, from its `:status` pseudo-header.
+pub fn status(headers: &Headers) -> Option<u16> {
+    std::str::from_utf8(headers.first(":status")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The request path without its query or fragment.
+pub fn path(headers: &Headers) -> &[u8] {
+    let full = headers.first(":path").unwrap_or(b"/");
+    let end = full
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(full.len());
+    full.get(..end).unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        Headers::new(
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn repeated_fields_are_all_seen_in_order() {
+        let h = headers(&[("cookie", "a=1"), ("x", "y"), ("Cookie", "b=2")]);
+        let all: Vec<&[u8]> = h.all("cookie").collect();
+        assert_eq!(all, vec![&b"a=1"[..], &b"b=2"[..]]);
+        assert_eq!(h.first("COOKIE"), Some(&b"a=1"[..]));
+        assert!(!h.contains("set-cookie"));
+    }
+
+    #[test]
+    fn status_and_path() {
+        assert_eq!(status(&headers(&[(":status", "204")])), Some(204));
+        assert_eq!(status(&headers(&[(":status", "2x4")])), None);
+        assert_eq!(status(&Headers::default()), None);
+        assert_eq!(path(&headers(&[(":path", "/app/x?y=1#z")])), b"/app/x");
+        assert_eq!(path(&headers(&[(":path", "/a#b?c")])), b"/a");
+        assert_eq!(path(&Headers::default()), b"/");
+    }
+}

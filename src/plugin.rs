@@ -1,0 +1,146 @@
+//! The compiled plugin: one policy per route (or the top level's), the headers tether owns on
+//! every route, and the two entry points the adapter calls per request.
+
+use crate::config::{Config, SessionType, STRICT_HEADER};
+use crate::entropy::Entropy;
+use crate::http::{HeaderOp, Request, Response};
+use crate::policy::{Decision, Policy, PolicyState, ResponseAction};
+use crate::secret::Key;
+use crate::table::{BindingTable, Store};
+
+pub struct Plugin {
+    policies: Vec<Policy>,
+    /// Route name → index into `policies`, `None`: tether is disabled on that route.
+    routes: Vec<(String, Option<usize>)>,
+    /// Headers no client may send: every policy's host and cluster header, and the strict
+    /// marker. Removed on every route, disabled ones too.
+    owned_headers: Vec<String>,
+}
+
+/// What the request phase decided, carried to the response phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub policy: usize,
+    pub state: PolicyState,
+}
+
+/// The request phase's answer: the request's header changes, in order, and what the response
+/// phase needs (`None`: tether has nothing to do on this request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPlan {
+    pub ops: Vec<HeaderOp>,
+    /// Client-sent copies of owned headers that were removed.
+    pub forged_headers: usize,
+    pub stream: Option<Stream>,
+}
+
+impl Plugin {
+    pub fn new(config: &Config, process_secret: &Key) -> Plugin {
+        let mut policies = vec![Policy::new(&config.default, process_secret)];
+        let mut routes = Vec::new();
+        for (name, settings) in &config.routes {
+            let index = settings.as_ref().map(|s| {
+                policies.push(Policy::new(s, process_secret));
+                policies.len() - 1
+            });
+            routes.push((name.clone(), index));
+        }
+        let mut owned_headers = vec![STRICT_HEADER.to_string()];
+        for p in &policies {
+            let r = p.routing();
+            for h in std::iter::once(&r.host_header).chain(r.cluster_header.as_ref()) {
+                if !owned_headers.contains(h) {
+                    owned_headers.push(h.clone());
+                }
+            }
+        }
+        Plugin {
+            policies,
+            routes,
+            owned_headers,
+        }
+    }
+
+    /// Whether the policy depends on the route (the adapter then reads the route's name, a
+    /// property read that costs).
+    pub fn needs_route_name(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    pub fn owned_headers(&self) -> &[String] {
+        &self.owned_headers
+    }
+
+    /// The policy for a request on `route` (`None`: tether is disabled there). Routes the
+    /// configuration does not name use the top level's.
+    pub fn policy_for(&self, route: Option<&str>) -> Option<usize> {
+        match route.and_then(|r| self.routes.iter().find(|(name, _)| name == r)) {
+            Some((_, index)) => *index,
+            None => Some(0),
+        }
+    }
+
+    pub fn policy(&self, index: usize) -> Option<&Policy> {
+        self.policies.get(index)
+    }
+
+    /// Every binding table the policies keep (several policies may name the same one).
+    pub fn tables(&self) -> impl Iterator<Item = &BindingTable> {
+        self.policies.iter().filter_map(Policy::table)
+    }
+
+    pub fn on_request(
+        &self,
+        route: Option<&str>,
+        req: &mut dyn Request,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> RequestPlan {
+        // Whatever the client sent under tether's routing headers must never choose the
+        // endpoint or the cluster, on any route.
+        let mut ops: Vec<HeaderOp> = self
+            .owned_headers
+            .iter()
+            .filter(|h| req.headers().contains(h))
+            .map(|h| HeaderOp::remove(h))
+            .collect();
+        let forged_headers = ops.len();
+        let stream = self
+            .policy_for(route)
+            .and_then(|i| Some((i, self.policies.get(i)?)))
+            .map(|(index, policy)| {
+                let (state, mut edits) = policy.on_request(req, store, now_ms);
+                ops.append(&mut edits);
+                Stream {
+                    policy: index,
+                    state,
+                }
+            });
+        RequestPlan {
+            ops,
+            forged_headers,
+            stream,
+        }
+    }
+
+    pub fn on_response(
+        &self,
+        stream: &Stream,
+        resp: &mut dyn Response,
+        store: &dyn Store,
+        now_ms: u64,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction {
+        match self.policies.get(stream.policy) {
+            Some(policy) => policy.on_response(&stream.state, resp, store, now_ms, entropy),
+            None => ResponseAction::new(Decision::Unserved {
+                details: "no_policy".into(),
+            }),
+        }
+    }
+
+    /// The session type of a stream's policy (for the metrics of its request phase).
+    pub fn session_type(&self, stream: &Stream) -> Option<SessionType> {
+        self.policies.get(stream.policy).map(Policy::session_type)
+    }
+}
