@@ -30,7 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
 BACKEND_PY = REPO / "envoy" / "backend.py"
-WASM = REPO / "target" / "wasm32-wasip1" / "release" / "tether.wasm"
+# TETHER_WASM runs the suite against another build of the module (an older one, to see a test
+# fail without the change it tests).
+WASM = Path(os.environ.get("TETHER_WASM") or REPO / "target" / "wasm32-wasip1" / "release" / "tether.wasm")
 HOST = "127.0.0.1"
 CLUSTER = "app"
 FILTER = "tether"
@@ -284,6 +286,8 @@ def build_config(*, admin_port: int | None = None, listener_port: int | None = N
     tether = _tether_filter(cfg)
     wasm_cfg = tether["typed_config"]["config"]
     local = wasm_cfg["vm_config"]["code"]["local"]
+    if wasm_path is None and os.environ.get("TETHER_WASM"):
+        wasm_path = WASM
     filename = Path(wasm_path) if wasm_path is not None else Path(local["filename"])
     if not filename.is_absolute():
         filename = REPO / filename
