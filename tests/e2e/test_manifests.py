@@ -443,14 +443,19 @@ def test_retry_policies_match_envoy_yaml():
         retries = r["retries"]
         assert set(retries["retryOn"].split(",")) == want_on
         assert retries["attempts"] == want["num_retries"]
-        assert retries["perTryTimeout"] == want["per_try_timeout"]
+        # A per-try timeout would retry a slow pod's request on another and move its session.
+        assert "per_try_timeout" not in want and "perTryTimeout" not in retries
+        assert r.get("timeout", "0s") == "0s", "a route timeout would cut long-polls and streams"
         # Istio drops the previous_hosts predicate when this is false.
         assert retries.get("retryIgnorePreviousHosts", True) is True
 
     btp = one("BackendTrafficPolicy")["spec"]["retry"]
     assert set(btp["retryOn"]["triggers"]) == want_on
     assert btp["numRetries"] == want["num_retries"]
-    assert btp["perRetry"]["timeout"] == want["per_try_timeout"]
+    assert "timeout" not in btp.get("perRetry", {})
+    rules = one("HTTPRoute")["spec"]["rules"]
+    assert all(rule.get("timeouts", {}).get("request") == "0s" for rule in rules)
+    assert shipped_route()["route"]["timeout"] == "0s"
 
 
 def test_health_checks_match_envoy_yaml():
