@@ -8,10 +8,11 @@ Everything runs on 127.0.0.1, on ports the kernel hands out:
 * the upstream is one Envoy answering `direct_response` 200 on three listeners (bench/backend.yaml),
   so the upstream costs little and is not Python;
 * the front Envoy is envoy/envoy.yaml as shipped (route, retry policy, `app` cluster with the
-  override_host policy, health checks, upstream header_mutation), built in memory the way the
-  end-to-end tests build it (tests/e2e/harness.py), with only the HTTP filter changed per variant:
-  none, Envoy's stateful_session cookie filter (bench/native-filter.yaml), or tether in one of its
-  session types. One front Envoy runs at a time, with one worker thread (`--concurrency 1`);
+  override_host policy, health checks, upstream header_mutation), built and started by the
+  end-to-end tests' harness (tests/e2e/harness.py, which starts the upstream too), with only the
+  HTTP filter changed per variant: none, Envoy's stateful_session cookie filter
+  (bench/native-filter.yaml), or tether in one of its session types. One front Envoy runs at a
+  time, with one worker thread (`--concurrency 1`);
 * load comes from wrk (bench/wrk.lua): a fixed number of keep-alive requests over several
   connections;
 * the cost is the front Envoy's CPU time (utime+stime from /proc/PID/stat) over the measured run,
@@ -44,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,10 +52,9 @@ BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-import harness  # noqa: E402  (tests/e2e/harness.py: config building, free ports, HTTP client)
+import harness  # noqa: E402  (tests/e2e/harness.py: Envoy processes, config, free ports, HTTP client)
 import yaml  # noqa: E402
 
-HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRK_LUA = BENCH / "wrk.lua"
 # Floors written by hand in WebAssembly text, assembled with Binaryen's wasm-as: the cheapest
@@ -76,38 +75,22 @@ def log(msg: str):
 
 
 # --------------------------------------------------------------------------------------------
-# processes: every one this script starts is stopped, whatever happens
-
-# The harness keeps the registry and stops whatever is left at exit (atexit).
-
-
-def _track(proc: subprocess.Popen) -> subprocess.Popen:
-    harness._register(proc)
-    return proc
-
-
-def stop_proc(proc: subprocess.Popen | None, timeout: float = 10.0):
-    harness.stop_process(proc, timeout=timeout)
+# processes: the harness starts and stops them (its registry stops whatever is left at exit)
 
 
 def _on_term(signum, frame):  # SIGTERM: unwind through every finally, then atexit
     raise SystemExit(128 + signum)
 
 
-_base_ids = iter(range(1, 1_000_000))
-
-
-def base_id() -> int:
-    return (os.getpid() % 10000) * 1000 + next(_base_ids) % 1000
-
-
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    return harness.http_get(port, path, timeout=timeout)
-
-
 # --pin: the measured (front) Envoy alone on one CPU, the load generator and the backend on the
 # others, so that which of them shares a core with which is no longer a matter of chance.
 PIN: dict[str, set[int]] = {}
+
+# No log line per request in a measured Envoy: its CPU time is the filters', not the logger's.
+ENVOY_LOG_ARGS = ("--log-level", "warn")
+# Start to /ready is the module's load time (tether minus no filter): polled finely enough that
+# the poll interval is not what is measured.
+READY_POLL_S = 0.005
 
 
 def _pinned(role: str):
@@ -115,107 +98,43 @@ def _pinned(role: str):
     return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
-class EnvoyProc:
-    """One Envoy process: started from a config dict, timed to /ready, measured from /proc."""
+def bench_envoy(workdir: Path, name: str, role: str, backend_ports=(), **kw) -> harness.Envoy:
+    """The harness's Envoy with the bench's logging, readiness poll and CPU pinning."""
+    return harness.Envoy(workdir, list(backend_ports), name=name, cpus=PIN.get(role),
+                         log_args=ENVOY_LOG_ARGS, ready_interval=READY_POLL_S, **kw)
 
-    def __init__(self, workdir: Path, name: str, cfg: dict, admin_port: int, concurrency: int,
-                 role: str = "front"):
-        self.workdir, self.name, self.cfg, self.role = workdir, name, cfg, role
-        self.admin_port, self.concurrency = admin_port, concurrency
-        self.proc: subprocess.Popen | None = None
-        self.ready_s: float | None = None
-        self._log = None
-        self.log_path = workdir / f"{name}.log"
 
-    def start(self, timeout: float = 60.0):
-        path = self.workdir / f"{self.name}.yaml"
-        path.write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        self._log = open(self.log_path, "wb")
-        cmd = [harness.envoy_binary(), "-c", str(path), "--concurrency", str(self.concurrency),
-               "--disable-hot-restart", "--base-id", str(base_id()), "--log-level", "warn"]
-        t0 = time.monotonic()
-        self.proc = _track(subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, cwd=str(self.workdir),
-                                            start_new_session=True,
-                                            preexec_fn=_pinned(self.role)))
-        deadline = t0 + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name}: envoy exited with {self.proc.returncode}:\n"
-                                   + self.log_tail())
-            try:
-                status, body = http_get(self.admin_port, "/ready", timeout=1.0)
-                if status == 200 and body.strip() == "LIVE":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"{self.name}: not ready in {timeout}s:\n{tail}")
-            time.sleep(0.005)
-        self.ready_s = time.monotonic() - t0
-        return self
+# --------------------------------------------------------------------------------------------
+# measurements of one Envoy process
 
-    def log_tail(self, n: int = 30) -> str:
+def cpu_ticks(envoy: harness.Envoy) -> int:
+    with open(f"/proc/{envoy.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+def sched_ns(envoy: harness.Envoy) -> int:
+    """CPU time of all threads in ns (schedstat), a finer cross-check of the ticks."""
+    total = 0
+    task = f"/proc/{envoy.proc.pid}/task"
+    for tid in os.listdir(task):
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+            with open(f"{task}/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return total
 
-    def wait_healthy(self, ports: list[int], timeout: float = 15.0):
-        deadline = time.monotonic() + timeout
-        flags: dict[int, str] = {}
-        while time.monotonic() < deadline:
-            _, body = http_get(self.admin_port, "/clusters")
-            flags = {}
-            for line in body.splitlines():
-                m = re.match(r"^app::127\.0\.0\.1:(\d+)::health_flags::(.*)$", line.strip())
-                if m:
-                    flags[int(m.group(1))] = m.group(2)
-            if all(flags.get(p) == "healthy" for p in ports):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name}: endpoints not healthy in {timeout}s: {flags}")
 
-    def stop(self):
-        stop_proc(self.proc)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+def rss_kib(envoy: harness.Envoy) -> int:
+    return harness.rss_kb(envoy.proc.pid)
 
-    # measurements
-    def cpu_ticks(self) -> int:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
 
-    def sched_ns(self) -> int:
-        """CPU time of all threads in ns (schedstat), a finer cross-check of the ticks."""
-        total = 0
-        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
-            try:
-                with open(f"/proc/{self.proc.pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                pass
-        return total
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def counter(self, name: str) -> int:
-        _, body = http_get(self.admin_port, "/stats?filter=" + urllib.parse.quote(f"^{name}$"))
-        for line in body.splitlines():
-            k, sep, v = line.partition(": ")
-            if sep and k.strip() == name:
-                return int(v)
-        raise RuntimeError(f"{self.name}: no counter {name}")
+def counter(envoy: harness.Envoy, name: str) -> int:
+    value = envoy.stats(f"^{re.escape(name)}$").get(name)
+    if value is None:
+        raise RuntimeError(f"{envoy.name}: no counter {name}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,9 +161,10 @@ def _http_filters(cfg: dict) -> list:
     return hcm["typed_config"]["http_filters"]
 
 
-def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_ports: list[int],
-                 wasm_path: Path | None = None) -> dict:
-    """envoy/envoy.yaml as shipped, only the HTTP filter changed (none / native / tether)."""
+def front_envoy(workdir: Path, name: str, filter_kind: str, plugin, backend_ports: list[int],
+                wasm_path: Path | None = None) -> harness.Envoy:
+    """envoy/envoy.yaml as shipped, as the harness builds it, only the HTTP filter changed
+    (none / native / tether / a floor)."""
 
     def mutate(cfg):
         filters = _http_filters(cfg)
@@ -258,10 +178,9 @@ def front_config(filter_kind: str, plugin, admin_port: int, port: int, backend_p
         elif filter_kind == "native":
             filters[idx[0]] = yaml.safe_load((BENCH / "native-filter.yaml").read_text())
 
-    return harness.build_config(admin_port=admin_port, listener_port=port,
-                                backend_ports=backend_ports,
-                                plugin_config=plugin if filter_kind == "tether" else harness.SHIPPED,
-                                wasm_path=wasm_path, mutate=mutate)
+    return bench_envoy(workdir, name, "front", backend_ports, concurrency=FRONT_CONCURRENCY,
+                       plugin_config=plugin if filter_kind == "tether" else harness.SHIPPED,
+                       wasm_path=wasm_path, mutate=mutate)
 
 
 BASE_PLUGIN = {"absolute_timeout": "24h", "idle_timeout": "30m",
@@ -323,18 +242,19 @@ def run_wrk(port: int, limit: int, connections: int, headers=(), ids=None,
            "-s", str(WRK_LUA)]
     for h in headers:
         cmd += ["-H", h]
-    cmd += [f"http://{HOST}:{port}/", "--", str(limit)]
+    cmd += [f"http://{harness.HOST}:{port}/", "--", str(limit)]
     if ids is None:
         cmd += ["fixed"]
     else:
         cmd += ["ids"] + [str(x) for x in ids]
-    proc = _track(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_pinned("load")))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_pinned("load"))
+    harness._register(proc)
     try:
         out, _ = proc.communicate(timeout=max_seconds + 30)
     finally:
-        stop_proc(proc)
+        harness.stop_process(proc, timeout=10.0)
     text = out.decode("utf-8", "replace")
     m = re.search(r"^WRKJSON (\{.*\})$", text, re.M)
     if not m:
@@ -344,13 +264,13 @@ def run_wrk(port: int, limit: int, connections: int, headers=(), ids=None,
     return res
 
 
-def measure(envoy: EnvoyProc, fn) -> dict:
+def measure(envoy: harness.Envoy, fn) -> dict:
     """Run fn() and charge the front Envoy's CPU time to the requests it completed meanwhile."""
-    rq0 = envoy.counter("http.ingress.downstream_rq_completed")
-    t0, n0, w0 = envoy.cpu_ticks(), envoy.sched_ns(), time.monotonic()
+    rq0 = counter(envoy, "http.ingress.downstream_rq_completed")
+    t0, n0, w0 = cpu_ticks(envoy), sched_ns(envoy), time.monotonic()
     gen = fn()
-    t1, n1, w1 = envoy.cpu_ticks(), envoy.sched_ns(), time.monotonic()
-    rq1 = envoy.counter("http.ingress.downstream_rq_completed")
+    t1, n1, w1 = cpu_ticks(envoy), sched_ns(envoy), time.monotonic()
+    rq1 = counter(envoy, "http.ingress.downstream_rq_completed")
     requests = rq1 - rq0
     if requests <= 0:
         raise RuntimeError("no request completed")
@@ -382,7 +302,7 @@ class PipelinedFill:
         prefix = f"GET / HTTP/1.1\r\nhost: bench\r\n{self.header}: ".encode()
         try:
             for _ in range(self.connections):
-                s = socket.create_connection((HOST, self.port), timeout=10)
+                s = socket.create_connection((harness.HOST, self.port), timeout=10)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 socks.append(s)
                 sel.register(s, selectors.EVENT_READ, {"buf": b"", "out": 0})
@@ -450,7 +370,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.backend_ports = [harness.free_port() for _ in range(3)]
-        self.backend: EnvoyProc | None = None
+        self.backend: harness.Envoy | None = None
         self.checks: dict[str, dict] = {}
 
     def wat_module(self, kind: str) -> Path:
@@ -462,28 +382,25 @@ class Bench:
         return out
 
     def start_backend(self):
-        admin = harness.free_port()
-        self.backend = EnvoyProc(self.workdir, "backend", backend_config(admin, self.backend_ports),
-                                 admin, concurrency=1, role="load").start()
+        cfg = backend_config(harness.free_port(), self.backend_ports)
+        self.backend = bench_envoy(self.workdir, "backend", "load", config=cfg, concurrency=1)
+        self.backend.start(timeout=60.0, wait_healthy=False)
         for p in self.backend_ports:
-            status, _ = http_get(p, "/")
+            status, _ = harness.http_get(p, "/")
             if status != 200:
                 raise RuntimeError(f"backend port {p} answered {status}")
 
     def start_front(self, name: str, kind: str, plugin_cfg,
-                    wasm_path: Path | None = None) -> tuple[EnvoyProc, int]:
+                    wasm_path: Path | None = None) -> harness.Envoy:
         """A front Envoy, ready, its endpoints healthy. A second try (new ports) if the first
         start fails: the machine is shared, a port handed out may be taken meanwhile."""
         if kind in WAT_MODULES:
             wasm_path = self.wat_module(kind)
         for attempt in (1, 2):
-            admin, port = harness.free_port(), harness.free_port()
-            cfg = front_config(kind, plugin_cfg, admin, port, self.backend_ports, wasm_path)
-            envoy = EnvoyProc(self.workdir, f"{name}-{attempt}", cfg, admin, FRONT_CONCURRENCY)
+            envoy = front_envoy(self.workdir, f"{name}-{attempt}", kind, plugin_cfg,
+                                self.backend_ports, wasm_path)
             try:
-                envoy.start()
-                envoy.wait_healthy(self.backend_ports)
-                return envoy, port
+                return envoy.start(timeout=60.0)
             except Exception as exc:  # noqa: BLE001
                 envoy.stop()
                 if attempt == 2:
@@ -495,7 +412,8 @@ class Bench:
     def run_variant(self, key: str, rnd: int) -> dict:
         label, kind, plugin_cfg, shape = VARIANTS[key]
         alt = self.args.alt_module if key.endswith("@alt") else self.args.module
-        envoy, port = self.start_front(f"front-{key.replace('@', '-')}-r{rnd}", kind, plugin_cfg, alt)
+        envoy = self.start_front(f"front-{key.replace('@', '-')}-r{rnd}", kind, plugin_cfg, alt)
+        port = envoy.port
         try:
             headers, ids, warm_ids, check = self.prepare(key, shape, port, rnd)
             if key not in self.checks:
@@ -511,7 +429,7 @@ class Bench:
             m.update({"round": rnd, "ready_s": envoy.ready_s, "rps": gen["requests"] * 1e6 / gen["duration_us"],
                       "lat_p50_us": gen["lat_p50_us"], "lat_p99_us": gen["lat_p99_us"],
                       "wrk_requests": gen["requests"], "errors": gen["errors"],
-                      "rss_kib": envoy.rss_kib()})
+                      "rss_kib": rss_kib(envoy)})
             if gen["errors"]:
                 log(f"WARNING {key} round {rnd}: wrk errors {gen}")
             return m
@@ -641,8 +559,9 @@ class Bench:
                 try:
                     for side, (key, wasm) in (("a", side_a), ("b", side_b)):
                         _, kind, plugin_cfg, shape = VARIANTS[key.split("@")[0]]
-                        envoy, port = self.start_front(f"pair-{key.replace('@', '-')}-{side}-{start}",
-                                                       kind, plugin_cfg, wasm)
+                        envoy = self.start_front(f"pair-{key.replace('@', '-')}-{side}-{start}",
+                                                 kind, plugin_cfg, wasm)
+                        port = envoy.port
                         sides.append((envoy, port, [], None, shape))
                         headers, ids, warm_ids, check = self.prepare(key, shape, port, start)
                         if not check.get("ok", True):
@@ -680,18 +599,18 @@ class Bench:
     # the binding table at scale
     def scale(self) -> dict:
         levels = self.args.scale
-        envoys: dict[int, tuple[EnvoyProc, int]] = {}
+        envoys: dict[int, harness.Envoy] = {}
         out: dict = {"levels": {}, "fill_connections": 8, "fill_depth": 64}
         try:
             # baseline: the same filter with the smallest table, a few requests served
-            env, port = self.start_front("scale-baseline", "tether",
-                                         plugin(type="learn", learn_from="header",
-                                                session_name=LEARN_HEADER, max_sessions=8))
-            envoys[0] = (env, port)
+            env = self.start_front("scale-baseline", "tether",
+                                   plugin(type="learn", learn_from="header",
+                                          session_name=LEARN_HEADER, max_sessions=8))
+            envoys[0] = env
             # as many distinct ids as the 10k level (all but 8 evicted), so that Envoy's own
             # buffers and allocator have seen the same traffic as a filled table's Envoy
-            PipelinedFill(port, LEARN_HEADER, "b%07d").run(0, min(10000, max(levels)), 30)
-            out["baseline_rss_kib"] = env.rss_kib()
+            PipelinedFill(env.port, LEARN_HEADER, "b%07d").run(0, min(10000, max(levels)), 30)
+            out["baseline_rss_kib"] = rss_kib(env)
             out["baseline_ready_s"] = env.ready_s
             env.stop()
             del envoys[0]
@@ -699,16 +618,17 @@ class Bench:
             for n in levels:
                 cfg = plugin(type="learn", learn_from="header", session_name=LEARN_HEADER,
                              max_sessions=2 * n)
-                env, port = self.start_front(f"scale-{n}", "tether", cfg)
-                envoys[n] = (env, port)
-                rss0 = env.rss_kib()
+                env = self.start_front(f"scale-{n}", "tether", cfg)
+                envoys[n] = env
+                port = env.port
+                rss0 = rss_kib(env)
                 cap = max(5.0, min(fill_left, self.args.fill_cap))
                 t0 = time.monotonic()
                 m = measure(env, lambda: PipelinedFill(port, LEARN_HEADER, "s%07d").run(0, n, cap))
                 fill_left -= time.monotonic() - t0
                 fill = m.pop("gen")
                 reached = fill["completed"] - fill["non_200"]
-                rss1 = env.rss_kib()
+                rss1 = rss_kib(env)
                 lvl = {"target": n, "max_sessions": 2 * n, "reached": reached, "fill": fill,
                        "fill_cpu_us_per_req": m["cpu_us_per_req"], "ready_s": env.ready_s,
                        "rss_start_kib": rss0, "rss_filled_kib": rss1, "lookups": []}
@@ -723,7 +643,8 @@ class Bench:
             for rep in range(self.args.scale_rounds):
                 order = levels[rep % len(levels):] + levels[:rep % len(levels)]
                 for n in order:
-                    env, port = envoys[n]
+                    env = envoys[n]
+                    port = env.port
                     reached = out["levels"][n]["reached"]
                     count = max(1, min(reached, self.args.requests))
                     stride = _coprime_stride(reached)
@@ -741,10 +662,9 @@ class Bench:
                     log(f"scale lookup {rep + 1}/{self.args.scale_rounds} N={n}: "
                         f"{m['cpu_us_per_req']:.1f} us/req, {m['rps']:.0f} req/s")
             for n in levels:
-                env, _ = envoys[n]
-                out["levels"][n]["rss_end_kib"] = env.rss_kib()
+                out["levels"][n]["rss_end_kib"] = rss_kib(envoys[n])
         finally:
-            for env, _ in envoys.values():
+            for env in envoys.values():
                 env.stop()
         return out
 
@@ -757,7 +677,7 @@ class Bench:
         try:
             for _ in range(n):
                 for key, kind, cfg in (("none", "none", None), ("tether", "tether", harness.SHIPPED)):
-                    env, _ = self.start_front(f"load-{key}", kind, cfg)
+                    env = self.start_front(f"load-{key}", kind, cfg)
                     samples[key].append(env.ready_s)
                     env.stop()
         finally:

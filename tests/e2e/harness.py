@@ -417,19 +417,43 @@ UNHEALTHY_STARTS: list[str] = []
 
 BAD_LOG = re.compile(r"panicked|critical|Uncaught|RuntimeError|wasm trap", re.IGNORECASE)
 
+# The tests read the module's own debug lines in Envoy's log.
+LOG_ARGS = ("--log-level", "info", "--component-log-level", "wasm:debug")
+
 
 class Envoy:
+    """One Envoy process, started from envoy/envoy.yaml built for it (see build_config).
+
+    `config` (a dict or a YAML file) is run as it is instead; its admin port and its first
+    listener's port are then the ones this Envoy answers on. `cpus` pins the process (and every
+    thread it starts) to those CPUs; `log_args` replaces the logging flags; `ready_s` is the time
+    from the last start to /ready, polled every `ready_interval` seconds.
+    """
+
     def __init__(self, workdir: Path, backend_ports: list[int], plugin_config=SHIPPED,
-                 concurrency: int = 2, wasm_path=None, mutate=None, name: str = "envoy"):
+                 concurrency: int = 2, wasm_path=None, mutate=None, name: str = "envoy", *,
+                 config: dict | Path | str | None = None, cpus: set[int] | None = None,
+                 log_args=LOG_ARGS, ready_interval: float = 0.05):
         self.workdir = Path(workdir)
         self.backend_ports = list(backend_ports)
         self.plugin_config = plugin_config
         self.concurrency = concurrency
         self.name = name
-        self.admin_port = free_port()
-        self.port = free_port()
+        if config is None:
+            self.given_config = None
+            self.admin_port = free_port()
+            self.port = free_port()
+        else:
+            self.given_config = config if isinstance(config, dict) else yaml_load(Path(config))
+            self.admin_port = self.given_config["admin"]["address"]["socket_address"]["port_value"]
+            listener = self.given_config["static_resources"]["listeners"][0]
+            self.port = listener["address"]["socket_address"]["port_value"]
         self.wasm_path = wasm_path
         self.mutate = mutate
+        self.cpus = set(cpus) if cpus else None
+        self.log_args = list(log_args)
+        self.ready_interval = ready_interval
+        self.ready_s: float | None = None
         self.proc: subprocess.Popen | None = None
         self.runs = 0
         self.unhealthy_starts: list[str] = []
@@ -478,9 +502,10 @@ class Envoy:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("envoy already running")
         self.runs += 1
-        cfg = build_config(admin_port=self.admin_port, listener_port=self.port,
-                           backend_ports=self.backend_ports, plugin_config=self.plugin_config,
-                           wasm_path=self.wasm_path, mutate=self.mutate)
+        cfg = self.given_config if self.given_config is not None else build_config(
+            admin_port=self.admin_port, listener_port=self.port,
+            backend_ports=self.backend_ports, plugin_config=self.plugin_config,
+            wasm_path=self.wasm_path, mutate=self.mutate)
         write_config(cfg, self.config_path)
         log = self.workdir / f"{self.name}-{self.runs}.log"
         self.log_paths.append(log)
@@ -488,20 +513,26 @@ class Envoy:
         # (a --log-path file is only flushed every 10 s while Envoy runs).
         self._err = open(log, "wb")
         cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-               "--disable-hot-restart", "--base-id", str(unique_base_id()),
-               "--log-level", "info", "--component-log-level", "wasm:debug"]
+               "--disable-hot-restart", "--base-id", str(unique_base_id()), *self.log_args]
+        cpus = self.cpus
+        started = time.monotonic()
+        # Pinned in the child before exec: threads inherit their creator's affinity, so every
+        # thread Envoy starts stays on those CPUs.
         self.proc = subprocess.Popen(cmd, stdout=self._err, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(self.workdir),
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         _register(self.proc)
         if self not in ACTIVE_ENVOYS:
             ACTIVE_ENVOYS.append(self)
         try:
-            wait_until(self._ready_or_dead, timeout, what="envoy /ready == LIVE")
+            wait_until(self._ready_or_dead, timeout, interval=self.ready_interval,
+                       what="envoy /ready == LIVE")
         except Exception as exc:
             tail = self.log_tail(60)
             self.stop()
             raise RuntimeError(f"envoy did not start: {exc}\n--- envoy log tail ---\n{tail}") from exc
+        self.ready_s = time.monotonic() - started
 
     def _ready_or_dead(self):
         if self.proc.poll() is not None:
