@@ -135,18 +135,10 @@ fuzz: $(CARGO_FUZZ)
 $(CARGO_FUZZ):
 	cargo install --locked --root .tools cargo-fuzz
 
+# The demo in the foreground: three backends and Envoy with envoy/envoy.yaml; Ctrl-C (or a
+# TERM) stops them all. `make run DEMO_ARGS="--port 10001"` moves it (--admin-port, --backend-ports).
 run: build setup
-	@trap 'kill 0' EXIT INT TERM; \
-	for i in 1 2 3; do $(PYTHON) envoy/backend.py --port 808$$i --name backend-$$i & done; \
-	echo; \
-	echo "tether demo: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901), backends 127.0.0.1:8081-8083"; \
-	echo "Try it (a cookie jar keeps the session; every answer names the same backend):"; \
-	echo "  for i in 1 2 3 4 5; do curl -s -b /tmp/tether.jar -c /tmp/tether.jar http://127.0.0.1:10000/ -o /dev/null -w '%{header_json}\n' | grep -o 'backend-[0-9]'; done"; \
-	echo "Without the jar every request is a new session and round robin spreads them:"; \
-	echo "  for i in 1 2 3; do curl -s http://127.0.0.1:10000/ -D - -o /dev/null | grep -iE 'x-backend|set-cookie'; done"; \
-	echo "Ctrl-C stops everything."; \
-	echo; \
-	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-level warn --component-log-level wasm:info
+	@$(VPY) envoy/demo.py --envoy $(ENVOY) $(DEMO_ARGS)
 
 clean:
 	cargo clean
