@@ -391,6 +391,45 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def write_lds(path: Path, listeners: list[dict], version: str) -> Path:
+    """`listeners` as an LDS response in `path`, replaced atomically: a sibling file renamed over
+    it, since Envoy's directory watch reacts to the rename and must never read a half-written
+    file."""
+    import yaml
+
+    path = Path(path)
+    doc = {"version_info": version,
+           "resources": [{"@type": LISTENER_TYPE, **listener} for listener in listeners]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def listener_by_lds(lds_file: Path, version: str = "1", then=None):
+    """A `mutate=` that delivers the shipped listener by LDS from `lds_file` (its directory
+    watched) instead of the bootstrap; clusters stay static. `then(cfg)` runs first and still
+    sees the listener under static_resources (add_app_routes, say). A test changes the listener
+    of the running Envoy with write_lds."""
+    lds_file = Path(lds_file)
+
+    def mutate(cfg: dict):
+        if then is not None:
+            then(cfg)
+        write_lds(lds_file, cfg["static_resources"].pop("listeners"), version)
+        # Envoy refuses dynamic resources from a node without an id and a cluster.
+        cfg.setdefault("node", {"id": "tether-e2e", "cluster": "tether-e2e"})
+        cfg["dynamic_resources"] = {"lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(lds_file),
+                                   "watched_directory": {"path": str(lds_file.parent)}}}}
+
+    return mutate
+
+
 def validate_plugin_config(plugin_config, workdir: Path | None = None,
                            timeout: float = 90.0) -> tuple[int, str]:
     """`envoy --mode validate` on the shipped config with this plugin JSON: (exit code, output)."""
