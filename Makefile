@@ -93,8 +93,16 @@ validate: build setup
 	  $(ENVOY) --mode validate -c $$f --log-level error >/dev/null || exit 1; \
 	done
 
-e2e: build setup
+e2e: build setup chromium
 	$(VPY) -m pytest -q tests/e2e
+
+# tests/e2e/test_browser.py drives Debian's Chromium: `playwright install` would download a
+# browser build of its own, which fails where only package registries are reachable.
+.PHONY: chromium
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
 test: lint unit unit-wasm validate e2e
 
