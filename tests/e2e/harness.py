@@ -84,6 +84,10 @@ def unique_base_id() -> int:
     return (os.getpid() % 100000) * 100 + next(_base_ids) % 100
 
 
+class GaveUp(Exception):
+    """Raised by a `wait_until` predicate when waiting longer cannot help (the process died)."""
+
+
 def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll `pred` until it returns a truthy value; bounded in time. Returns that value."""
     deadline = time.monotonic() + timeout
@@ -93,6 +97,8 @@ def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condit
             value = pred()
             if value:
                 return value
+        except GaveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - remembered for the message
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -575,7 +581,7 @@ class Envoy:
 
     def _ready_or_dead(self):
         if self.proc.poll() is not None:
-            raise RuntimeError(f"envoy exited with code {self.proc.returncode}")
+            raise GaveUp(f"envoy exited with code {self.proc.returncode}")
         return self.ready()
 
     def stop(self, timeout: float = 10.0):
@@ -619,7 +625,7 @@ class Envoy:
 
         def ok():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited with code {self.proc.returncode}")
+                raise GaveUp(f"envoy exited with code {self.proc.returncode}")
             flags = self.endpoint_health()
             seen["flags"] = flags
             return all((flags.get(p) == "healthy") == h for p, h in want.items())
