@@ -25,7 +25,8 @@ impl Entropy for SystemEntropy {
     }
 }
 
-/// Bytes a `Csprng` hands out before it takes a fresh seed (about 20 000 nonces).
+/// Bytes a `Csprng` hands out before it takes a fresh seed: a bounded stretch of output per
+/// seed, and one OS call per many thousand nonces.
 pub const RESEED_BYTES: usize = 1 << 19;
 
 /// A ChaCha20 keystream seeded from `seed_source`. Unseeded until first used.

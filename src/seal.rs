@@ -80,15 +80,15 @@ pub struct Sealer {
     decrypts: std::cell::Cell<u64>,
 }
 
-/// Slots of the cache of opened tokens, per policy and worker: 512 entries of about 150 bytes
-/// (the token, its pin), about 75 KiB when full; with every field at its longest (a 400-byte
-/// token bound to a 512-byte learned id, 255-byte endpoint and cluster) at most about 750 KiB.
-/// Only tokens tether sealed get in, so clients cannot choose those sizes.
+/// Slots of the cache of opened tokens, per policy and worker. An entry holds a token (at most
+/// `MAX_TOKEN_LEN`), the bytes it is bound to (at most a learned id) and its pin, so the cache's
+/// memory is bounded by the slots times those limits. Only tokens tether sealed get in, so
+/// clients cannot choose those sizes.
 pub const OPENED_SLOTS: usize = 512;
 
 /// Tokens that opened lately, by their exact text and bound bytes. The same bytes under the same
-/// keys always open to the same pin, so a session's next requests skip the AEAD (a few
-/// microseconds in V8) and cost a hash and a compare. Only tokens that opened are kept, so
+/// keys always open to the same pin, so a session's next requests skip the AEAD (the costly
+/// part of a request in V8) and cost a hash and a compare. Only tokens that opened are kept, so
 /// forgeries cannot fill it; new keys mean a new `Sealer`, and so an empty cache. Expiry is
 /// not cached: callers check it on every request. Two-way set associative: a slot pair keeps
 /// the two most recently opened tokens that hash to it.

@@ -291,8 +291,9 @@ impl BindingTable {
 /// At most this many bindings of a bucket are protected from eviction: those that came back
 /// after their first request, most recently seen first (a segmented LRU). The other slots take
 /// the new sessions, so a flood of one-request clients cycles through them and never reaches
-/// the protected ones, and new sessions always find room. With 6 of 8, 100 active sessions in
-/// a table of 125 buckets put more than 6 in one bucket about once in 3 000 tables.
+/// the protected ones, and new sessions always find room. Two unprotected slots rather than
+/// one keep a bucket's newcomers from evicting each other at once; six protected rather than
+/// four make it rare for a table's active sessions to crowd one bucket past its protection.
 pub const PROTECTED_PER_BUCKET: usize = SLOTS_PER_BUCKET - 2;
 
 /// The binding to evict from an overfull bucket (never `keep`, the one being written): the

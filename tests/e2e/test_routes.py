@@ -132,7 +132,7 @@ def test_disabled_route_still_strips_routing_header(rs):
 
 
 def test_route_where_envoy_turns_the_filter_off_never_enters_tether(rs):
-    """README: the cost-free way to leave a route alone. Envoy skips the filter, so tether makes
+    """docs/configuration.md (Routes): the cost-free way to leave a route alone. Envoy skips the filter, so tether makes
     no decision there (no log line, no cookie), and the request is load-balanced."""
     app, _ = new_on(rs, "/", COOKIE, "backend-2")
     log_before = rs.envoy.log().count("decision=")
