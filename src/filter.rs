@@ -250,13 +250,33 @@ impl Request for HostRequest {
     }
 }
 
+/// The response as the core asks for it: one header at a time, and the whole map (one host
+/// call, kept) only once every field of a header is wanted.
 struct HostResponse {
-    headers: Headers,
+    map: Option<Headers>,
+}
+
+impl HostResponse {
+    fn map(&mut self) -> &Headers {
+        self.map
+            .get_or_insert_with(|| header_map(MapType::HttpResponseHeaders))
+    }
 }
 
 impl Response for HostResponse {
-    fn headers(&self) -> &Headers {
-        &self.headers
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        match &self.map {
+            Some(map) => map.first(name).map(<[u8]>::to_vec),
+            None => counted(hostcalls::get_map_value_bytes(
+                MapType::HttpResponseHeaders,
+                name,
+            ))
+            .flatten(),
+        }
+    }
+
+    fn all(&mut self, name: &str) -> Vec<Vec<u8>> {
+        self.map().all(name).map(<[u8]>::to_vec).collect()
     }
 
     fn upstream(&mut self) -> Option<String> {
@@ -318,9 +338,7 @@ impl HttpContext for TetherStream {
         let Some(stream) = self.stream.take() else {
             return Action::Continue;
         };
-        let mut resp = HostResponse {
-            headers: header_map(MapType::HttpResponseHeaders),
-        };
+        let mut resp = HostResponse { map: None };
         let action = RNG.with(|rng| {
             self.plugin.on_response(
                 &stream,

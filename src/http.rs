@@ -45,10 +45,14 @@ pub trait Request {
     fn source_address(&mut self) -> Option<String>;
 }
 
-/// A response's header map and the properties the core may ask for. Each property is a host
-/// call; the core asks only for what the answer needs.
+/// A response's headers and the properties the core may ask for. Each is a host call; the core
+/// asks only for what the answer needs, and for every field of a header only once it knows the
+/// header is there (most responses carry no `Set-Cookie`, and one absent header costs little).
 pub trait Response {
-    fn headers(&self) -> &Headers;
+    /// The first value of a response header (`:status` too).
+    fn first(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of a response header, in order.
+    fn all(&mut self, name: &str) -> Vec<Vec<u8>>;
     /// The endpoint Envoy last sent the request to, `IP:port`.
     fn upstream(&mut self) -> Option<String>;
     /// Envoy's `response.code_details`: `via_upstream`, or why Envoy answered itself.
@@ -82,12 +86,9 @@ impl HeaderOp {
     }
 }
 
-/// The response's status, from its `:status` pseudo-header.
-pub fn status(headers: &Headers) -> Option<u16> {
-    std::str::from_utf8(headers.first(":status")?)
-        .ok()?
-        .parse()
-        .ok()
+/// The status of a `:status` pseudo-header's value.
+pub fn status(value: &[u8]) -> Option<u16> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// The request path without its query or fragment.
@@ -126,9 +127,9 @@ mod tests {
 
     #[test]
     fn status_and_path() {
-        assert_eq!(status(&headers(&[(":status", "204")])), Some(204));
-        assert_eq!(status(&headers(&[(":status", "2x4")])), None);
-        assert_eq!(status(&Headers::default()), None);
+        assert_eq!(status(b"204"), Some(204));
+        assert_eq!(status(b"2x4"), None);
+        assert_eq!(status(b""), None);
         assert_eq!(path(&headers(&[(":path", "/app/x?y=1#z")])), b"/app/x");
         assert_eq!(path(&headers(&[(":path", "/a#b?c")])), b"/a");
         assert_eq!(path(&Headers::default()), b"/");

@@ -21,7 +21,7 @@ impl Outcome {
     /// own replies once an endpoint is chosen are 5xx), so the costlier `response.code_details`
     /// property is asked only for a 5xx.
     pub fn classify(resp: &mut dyn Response) -> Outcome {
-        let code = status(resp.headers()).unwrap_or(0);
+        let code = resp.first(":status").and_then(|v| status(&v)).unwrap_or(0);
         let upstream = resp.upstream();
         if (100..500).contains(&code) {
             if let Some(endpoint) = upstream {

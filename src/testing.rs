@@ -115,6 +115,10 @@ pub struct FakeResponse {
     pub upstream_reads: Cell<usize>,
     pub details_reads: Cell<usize>,
     pub cluster_reads: Cell<usize>,
+    /// Reads of one header's first value, and of every value of one (the whole map, for the
+    /// adapter).
+    pub header_reads: Cell<usize>,
+    pub map_reads: Cell<usize>,
 }
 
 impl FakeResponse {
@@ -135,6 +139,8 @@ impl FakeResponse {
             upstream_reads: Cell::new(0),
             details_reads: Cell::new(0),
             cluster_reads: Cell::new(0),
+            header_reads: Cell::new(0),
+            map_reads: Cell::new(0),
         }
     }
 
@@ -169,8 +175,13 @@ impl FakeResponse {
 }
 
 impl Response for FakeResponse {
-    fn headers(&self) -> &Headers {
-        &self.headers
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.header_reads.set(self.header_reads.get() + 1);
+        self.headers.first(name).map(<[u8]>::to_vec)
+    }
+    fn all(&mut self, name: &str) -> Vec<Vec<u8>> {
+        self.map_reads.set(self.map_reads.get() + 1);
+        self.headers.all(name).map(<[u8]>::to_vec).collect()
     }
     fn upstream(&mut self) -> Option<String> {
         self.upstream_reads.set(self.upstream_reads.get() + 1);

@@ -9,7 +9,7 @@ use super::{
 use crate::config::{CookieSettings, Kind, LearnSource, Routing, SessionType, Settings};
 use crate::cookies;
 use crate::entropy::Entropy;
-use crate::http::{self, HeaderOp, Headers, Request, Response};
+use crate::http::{self, HeaderOp, Request, Response};
 use crate::outcome::Outcome;
 use crate::pin::{Lifetimes, Pin};
 use crate::seal::{Carrier, Sealer};
@@ -248,14 +248,16 @@ impl TableSessions {
 
     /// The application's new session id, from a `Set-Cookie` of the response (`learn_from:
     /// cookie` only); a `Set-Cookie` that deletes the cookie starts nothing.
-    fn learned_from_response(&self, headers: &Headers, now_ms: u64) -> Option<Learned> {
+    fn learned_from_response(&self, resp: &mut dyn Response, now_ms: u64) -> Option<Learned> {
         let KeySource::Cookie { name, .. } = &self.source else {
             return None;
         };
-        let value = headers
+        resp.first("set-cookie")?;
+        let value = resp
             .all("set-cookie")
-            .find_map(|h| cookies::set_cookie_value(h, name, now_ms))?;
-        self.learned(value.to_vec()).ok().flatten()
+            .iter()
+            .find_map(|h| cookies::set_cookie_value(h, name, now_ms).map(<[u8]>::to_vec))?;
+        self.learned(value).ok().flatten()
     }
 
     pub fn on_response(
@@ -267,9 +269,7 @@ impl TableSessions {
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
         let (guard_ops, removed) = match &self.source {
-            KeySource::Cookie { companion, .. } => {
-                guard_set_cookies(resp.headers(), &[&companion.name])
-            }
+            KeySource::Cookie { companion, .. } => guard_set_cookies(resp, &[&companion.name]),
             _ => (Vec::new(), 0),
         };
         let mut action = match &state.found {
@@ -304,7 +304,7 @@ impl TableSessions {
                 return ResponseAction::new(Decision::Unserved { details })
             }
         };
-        let learned = self.learned_from_response(resp.headers(), now_ms);
+        let learned = self.learned_from_response(resp, now_ms);
         // The id the application just issued goes where the application issued it; the id
         // the request carried (if any) follows the session too.
         let keys: Vec<&Learned> = learned.iter().chain(state.key.as_ref()).collect();
@@ -330,7 +330,7 @@ impl TableSessions {
             Verdict::Hit => self.hit(state, pin, resp, store, now_ms, entropy),
             Verdict::Moved { to } => {
                 let moved = pin.moved(to.to_string(), cluster_of(&self.routing, resp), now_ms);
-                let learned = self.learned_from_response(resp.headers(), now_ms);
+                let learned = self.learned_from_response(resp, now_ms);
                 let keys: Vec<&Learned> = learned.iter().chain(state.key.as_ref()).collect();
                 let decision = Decision::Rebound {
                     from: pin.endpoint.clone(),
@@ -374,7 +374,7 @@ impl TableSessions {
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
         // The application may have started a new session of its own on the same endpoint.
-        if let Some(learned) = self.learned_from_response(resp.headers(), now_ms) {
+        if let Some(learned) = self.learned_from_response(resp, now_ms) {
             if Some(&learned.id) != state.key.as_ref().map(|k| &k.id) {
                 let fresh = Pin::new(pin.endpoint.clone(), pin.cluster.clone(), now_ms);
                 let decision = Decision::Issued {

@@ -1271,3 +1271,28 @@ fn policies_sharing_a_session_name_share_its_table() {
     );
     let _: &dyn Store = &store;
 }
+
+/// The response phase of a hit asks for two headers (`:status`, `Set-Cookie`), one property
+/// (`upstream.address`) and never the whole header map unless the backend set cookies.
+#[test]
+fn a_hit_costs_two_header_reads_and_one_property() {
+    let p = plugin("{}");
+    let store = FakeStore::default();
+    let pair = new_cookie(&p, &store, A, 0);
+    let mut req = FakeRequest::new().cookie(&pair);
+    let mut resp = FakeResponse::ok(A);
+    let x = exchange_on(&p, &store, None, &mut req, &mut resp, 1);
+    assert!(matches!(x.action.decision, Decision::Hit { .. }));
+    assert_eq!(resp.header_reads.get(), 2);
+    assert_eq!(resp.map_reads.get(), 0);
+    assert_eq!(resp.upstream_reads.get(), 1);
+    assert_eq!((resp.details_reads.get(), resp.cluster_reads.get()), (0, 0));
+    let mut req = FakeRequest::new().cookie(&pair);
+    let mut resp = FakeResponse::ok(A).set_cookie("app=1");
+    exchange_on(&p, &store, None, &mut req, &mut resp, 2);
+    assert_eq!(
+        resp.map_reads.get(),
+        1,
+        "every Set-Cookie is read once one is there"
+    );
+}

@@ -6,7 +6,7 @@ use super::{
 use crate::config::{CookieSettings, Kind, LifetimeType, Routing, SessionType, Settings};
 use crate::cookies;
 use crate::entropy::Entropy;
-use crate::http::{self, HeaderOp, Headers, Request, Response};
+use crate::http::{self, HeaderOp, Request, Response};
 use crate::outcome::Outcome;
 use crate::pin::{Lifetimes, Pin};
 use crate::seal::{Carrier, Sealer};
@@ -141,7 +141,7 @@ impl TokenSessions {
         now_ms: u64,
         entropy: &mut dyn Entropy,
     ) -> ResponseAction {
-        let (guard_ops, removed) = self.guard_name(resp.headers());
+        let (guard_ops, removed) = self.guard_name(resp);
         let mut action = match &state.found {
             Found::OutsidePath => ResponseAction::new(Decision::OutsidePath),
             Found::New(miss) => match Outcome::classify(resp) {
@@ -254,17 +254,13 @@ impl TokenSessions {
 
     /// tether owns its cookie's (or header's) name: a backend's `Set-Cookie` of that name, or
     /// header of that name, would replace the client's session, and is removed.
-    fn guard_name(&self, headers: &Headers) -> (Vec<HeaderOp>, usize) {
+    fn guard_name(&self, resp: &mut dyn Response) -> (Vec<HeaderOp>, usize) {
         match &self.carrier {
-            TokenCarrier::Cookie { name, .. } => guard_set_cookies(headers, &[name]),
-            TokenCarrier::Header { name } => {
-                let n = headers.all(name).count();
-                if n == 0 {
-                    (Vec::new(), 0)
-                } else {
-                    (vec![HeaderOp::remove(name)], n)
-                }
-            }
+            TokenCarrier::Cookie { name, .. } => guard_set_cookies(resp, &[name]),
+            TokenCarrier::Header { name } => match resp.first(name) {
+                None => (Vec::new(), 0),
+                Some(_) => (vec![HeaderOp::remove(name)], resp.all(name).len()),
+            },
         }
     }
 }
@@ -272,20 +268,23 @@ impl TokenSessions {
 /// Removes the response's `Set-Cookie` headers that set one of `names`, keeping every other
 /// one in order: the header is removed and the others added back. Returns the operations and
 /// how many were removed.
-pub(crate) fn guard_set_cookies(headers: &Headers, names: &[&str]) -> (Vec<HeaderOp>, usize) {
+pub(crate) fn guard_set_cookies(resp: &mut dyn Response, names: &[&str]) -> (Vec<HeaderOp>, usize) {
+    if resp.first("set-cookie").is_none() {
+        return (Vec::new(), 0);
+    }
     let ours = |v: &[u8]| {
         cookies::set_cookie_name(v).is_some_and(|n| names.iter().any(|name| name.as_bytes() == n))
     };
-    let removed = headers.all("set-cookie").filter(|v| ours(v)).count();
+    let all = resp.all("set-cookie");
+    let removed = all.iter().filter(|v| ours(v)).count();
     if removed == 0 {
         return (Vec::new(), 0);
     }
     let mut ops = vec![HeaderOp::remove("set-cookie")];
     ops.extend(
-        headers
-            .all("set-cookie")
+        all.into_iter()
             .filter(|v| !ours(v))
-            .map(|v| HeaderOp::add("set-cookie", v.to_vec())),
+            .map(|v| HeaderOp::add("set-cookie", v)),
     );
     (ops, removed)
 }
