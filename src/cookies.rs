@@ -65,8 +65,14 @@ pub fn without<'a>(
     if !parts().any(is_ours) {
         return None;
     }
-    let kept: Vec<&[u8]> = parts().filter(|p| !is_ours(p)).collect();
-    Some(kept.join(&b"; "[..]))
+    let mut out = Vec::new();
+    for part in parts().filter(|p| !is_ours(p)) {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(part);
+    }
+    Some(out)
 }
 
 /// RFC 6265 5.1.4: whether a cookie with `cookie_path` is sent with a request for

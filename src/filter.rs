@@ -236,13 +236,28 @@ struct TetherStream {
     now_ms: u64,
 }
 
+/// The request as the core asks for it: one header at a time, and the whole map (one host call,
+/// kept) once every field of a header is wanted.
 struct HostRequest {
-    headers: Headers,
+    map: Option<Headers>,
 }
 
 impl Request for HostRequest {
-    fn headers(&self) -> &Headers {
-        &self.headers
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        match &self.map {
+            Some(map) => map.first(name).map(<[u8]>::to_vec),
+            None => counted(hostcalls::get_map_value_bytes(
+                MapType::HttpRequestHeaders,
+                name,
+            ))
+            .flatten(),
+        }
+    }
+
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
+        self.map
+            .get_or_insert_with(|| header_map(MapType::HttpRequestHeaders))
+            .values(name)
     }
 
     fn source_address(&mut self) -> Option<String> {
@@ -254,13 +269,6 @@ impl Request for HostRequest {
 /// call, kept) only once every field of a header is wanted.
 struct HostResponse {
     map: Option<Headers>,
-}
-
-impl HostResponse {
-    fn map(&mut self) -> &Headers {
-        self.map
-            .get_or_insert_with(|| header_map(MapType::HttpResponseHeaders))
-    }
 }
 
 impl Response for HostResponse {
@@ -275,8 +283,10 @@ impl Response for HostResponse {
         }
     }
 
-    fn all(&mut self, name: &str) -> Vec<Vec<u8>> {
-        self.map().all(name).map(<[u8]>::to_vec).collect()
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
+        self.map
+            .get_or_insert_with(|| header_map(MapType::HttpResponseHeaders))
+            .values(name)
     }
 
     fn upstream(&mut self) -> Option<String> {
@@ -301,9 +311,7 @@ impl HttpContext for TetherStream {
         } else {
             None
         };
-        let mut req = HostRequest {
-            headers: header_map(MapType::HttpRequestHeaders),
-        };
+        let mut req = HostRequest { map: None };
         // One clock read per request: the response phase reuses it.
         self.now_ms = now_ms();
         let plan = self

@@ -21,6 +21,15 @@ impl Headers {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Every value of `name`, collected.
+    pub fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
     /// The first value of `name`.
     pub fn first(&self, name: &str) -> Option<&[u8]> {
         self.0
@@ -38,9 +47,12 @@ impl Headers {
     }
 }
 
-/// A request's header map and the properties the core may ask for.
+/// A request's headers and the properties the core may ask for, read lazily like a response's.
 pub trait Request {
-    fn headers(&self) -> &Headers;
+    /// The first value of a request header.
+    fn first(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of a request header, in order.
+    fn all(&mut self, name: &str) -> Vec<&[u8]>;
     /// The downstream peer, `IP:port` (a property read: asked only by `source_ip`).
     fn source_address(&mut self) -> Option<String>;
 }
@@ -52,7 +64,7 @@ pub trait Response {
     /// The first value of a response header (`:status` too).
     fn first(&mut self, name: &str) -> Option<Vec<u8>>;
     /// Every value of a response header, in order.
-    fn all(&mut self, name: &str) -> Vec<Vec<u8>>;
+    fn all(&mut self, name: &str) -> Vec<&[u8]>;
     /// The endpoint Envoy last sent the request to, `IP:port`.
     fn upstream(&mut self) -> Option<String>;
     /// Envoy's `response.code_details`: `via_upstream`, or why Envoy answered itself.
@@ -91,9 +103,8 @@ pub fn status(value: &[u8]) -> Option<u16> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// The request path without its query or fragment.
-pub fn path(headers: &Headers) -> &[u8] {
-    let full = headers.first(":path").unwrap_or(b"/");
+/// A request path without its query or fragment.
+pub fn path(full: &[u8]) -> &[u8] {
     let end = full
         .iter()
         .position(|&b| b == b'?' || b == b'#')
@@ -130,8 +141,8 @@ mod tests {
         assert_eq!(status(b"204"), Some(204));
         assert_eq!(status(b"2x4"), None);
         assert_eq!(status(b""), None);
-        assert_eq!(path(&headers(&[(":path", "/app/x?y=1#z")])), b"/app/x");
-        assert_eq!(path(&headers(&[(":path", "/a#b?c")])), b"/a");
-        assert_eq!(path(&Headers::default()), b"/");
+        assert_eq!(path(b"/app/x?y=1#z"), b"/app/x");
+        assert_eq!(path(b"/a#b?c"), b"/a");
+        assert_eq!(path(b"/"), b"/");
     }
 }

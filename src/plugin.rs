@@ -96,26 +96,30 @@ impl Plugin {
         store: &dyn Store,
         now_ms: u64,
     ) -> RequestPlan {
-        // Whatever the client sent under tether's routing headers must never choose the
-        // endpoint or the cluster, on any route.
-        let mut ops: Vec<HeaderOp> = self
-            .owned_headers
-            .iter()
-            .filter(|h| req.headers().contains(h))
-            .map(|h| HeaderOp::remove(h))
-            .collect();
-        let forged_headers = ops.len();
+        // The policy reads first: when it needed the whole header map, the owned headers below
+        // are looked up in it at no cost.
+        let mut edits = Vec::new();
         let stream = self
             .policy_for(route)
             .and_then(|i| Some((i, self.policies.get(i)?)))
             .map(|(index, policy)| {
-                let (state, mut edits) = policy.on_request(req, store, now_ms);
-                ops.append(&mut edits);
+                let (state, policy_edits) = policy.on_request(req, store, now_ms);
+                edits = policy_edits;
                 Stream {
                     policy: index,
                     state,
                 }
             });
+        // Whatever the client sent under tether's routing headers must never choose the
+        // endpoint or the cluster, on any route; removed before tether sets its own.
+        let mut ops: Vec<HeaderOp> = self
+            .owned_headers
+            .iter()
+            .filter(|h| req.first(h).is_some())
+            .map(|h| HeaderOp::remove(h))
+            .collect();
+        let forged_headers = ops.len();
+        ops.append(&mut edits);
         RequestPlan {
             ops,
             forged_headers,

@@ -59,6 +59,8 @@ pub struct FakeRequest {
     pub headers: Headers,
     pub source: Option<String>,
     pub source_reads: usize,
+    pub header_reads: usize,
+    pub map_reads: usize,
 }
 
 impl FakeRequest {
@@ -74,7 +76,7 @@ impl FakeRequest {
         FakeRequest {
             headers,
             source: Some("127.0.0.1:40000".into()),
-            source_reads: 0,
+            ..FakeRequest::default()
         }
     }
 
@@ -95,8 +97,13 @@ impl FakeRequest {
 }
 
 impl Request for FakeRequest {
-    fn headers(&self) -> &Headers {
-        &self.headers
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.header_reads += 1;
+        self.headers.first(name).map(<[u8]>::to_vec)
+    }
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
+        self.map_reads += 1;
+        self.headers.values(name)
     }
     fn source_address(&mut self) -> Option<String> {
         self.source_reads += 1;
@@ -179,9 +186,9 @@ impl Response for FakeResponse {
         self.header_reads.set(self.header_reads.get() + 1);
         self.headers.first(name).map(<[u8]>::to_vec)
     }
-    fn all(&mut self, name: &str) -> Vec<Vec<u8>> {
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
         self.map_reads.set(self.map_reads.get() + 1);
-        self.headers.all(name).map(<[u8]>::to_vec).collect()
+        self.headers.values(name)
     }
     fn upstream(&mut self) -> Option<String> {
         self.upstream_reads.set(self.upstream_reads.get() + 1);

@@ -2,14 +2,14 @@
 //! application's cookie, the client's header or query parameter, the client's address), kept
 //! key → endpoint in the binding table of this Envoy.
 
-use super::token_sessions::{cookie_header_op, guard_set_cookies, max_age_s};
+use super::token_sessions::{cookie_header_op, guard_set_cookies, max_age_s, within_path};
 use super::{
     cluster_of, pin_ops, refusal, verdict, Decision, Found, Miss, ResponseAction, Verdict,
 };
 use crate::config::{CookieSettings, Kind, LearnSource, Routing, SessionType, Settings};
 use crate::cookies;
 use crate::entropy::Entropy;
-use crate::http::{self, HeaderOp, Request, Response};
+use crate::http::{HeaderOp, Request, Response};
 use crate::outcome::Outcome;
 use crate::pin::{Lifetimes, Pin};
 use crate::seal::{Carrier, Sealer};
@@ -158,7 +158,7 @@ impl TableSessions {
             adopted: false,
         };
         if let KeySource::Cookie { companion, .. } = &self.source {
-            if !cookies::path_matches(http::path(req.headers()), &companion.attributes.path) {
+            if !within_path(req, &companion.attributes.path) {
                 state.found = Found::OutsidePath;
                 return (state, ops);
             }
@@ -180,7 +180,8 @@ impl TableSessions {
             Lookup::Unknown => Found::New(Miss::Unknown),
         };
         if let KeySource::Cookie { companion, .. } = &self.source {
-            let fields = || req.headers().all("cookie");
+            let fields = req.all("cookie");
+            let fields = || fields.iter().copied();
             if state.found == Found::New(Miss::Unknown) {
                 // Another replica bound this id: its companion token says where, and opens
                 // only next to this very id.
@@ -213,18 +214,19 @@ impl TableSessions {
                 None => return Ok(None),
             },
             KeySource::Cookie { name, .. } => {
-                match cookies::values(req.headers().all("cookie"), name).first() {
+                let fields = req.all("cookie");
+                match cookies::values(fields.iter().copied(), name).first() {
                     Some(v) => v.to_vec(),
                     None => return Ok(None),
                 }
             }
-            KeySource::Header { name } => match req.headers().first(name) {
+            KeySource::Header { name } => match req.first(name) {
                 Some(v) => v.trim_ascii().to_vec(),
                 None => return Ok(None),
             },
             KeySource::Query { name } => {
-                let path = req.headers().first(":path").unwrap_or(b"/");
-                match query_value(path, name) {
+                let path = req.first(":path").unwrap_or_default();
+                match query_value(&path, name) {
                     Some(v) => v.to_vec(),
                     None => return Ok(None),
                 }
@@ -256,7 +258,8 @@ impl TableSessions {
         let value = resp
             .all("set-cookie")
             .iter()
-            .find_map(|h| cookies::set_cookie_value(h, name, now_ms).map(<[u8]>::to_vec))?;
+            .find_map(|h| cookies::set_cookie_value(h, name, now_ms))
+            .map(<[u8]>::to_vec)?;
         self.learned(value).ok().flatten()
     }
 
@@ -474,8 +477,8 @@ impl TableSessions {
 /// saw; entries further left are the client's to invent and never count. Falls back to the
 /// peer when the header has too few entries or a malformed one.
 pub fn client_ip(req: &mut dyn Request, trusted_hops: usize) -> Option<IpAddr> {
-    if trusted_hops > 0 {
-        let xff: Vec<&[u8]> = req.headers().all("x-forwarded-for").collect();
+    if trusted_hops > 0 && req.first("x-forwarded-for").is_some() {
+        let xff = req.all("x-forwarded-for");
         if !xff.is_empty() {
             let joined = xff.join(&b","[..]);
             let from_xff = joined

@@ -1296,3 +1296,31 @@ fn a_hit_costs_two_header_reads_and_one_property() {
         "every Set-Cookie is read once one is there"
     );
 }
+
+/// The request phase reads only what its type needs: a session header and the owned headers one
+/// at a time (no whole map), the path only for a cookie with a path other than `/`.
+#[test]
+fn requests_read_only_what_their_type_needs() {
+    let store = FakeStore::default();
+    let p = plugin(r#"{"type": "header", "session_name": "x-s"}"#);
+    let mut req = FakeRequest::new().header("x-s", "t");
+    p.on_request(None, &mut req, &store, 0);
+    assert_eq!(
+        (req.header_reads, req.map_reads),
+        (3, 0),
+        "x-s and two owned headers"
+    );
+    let p = plugin("{}");
+    let mut req = FakeRequest::new().cookie("a=1");
+    p.on_request(None, &mut req, &store, 0);
+    assert_eq!(req.map_reads, 1, "every Cookie field, once");
+    assert_eq!(req.header_reads, 2, "no :path for Path=/");
+    let p = plugin(r#"{"cookie": {"path": "/app"}}"#);
+    let mut req = FakeRequest::get("/other");
+    p.on_request(None, &mut req, &store, 0);
+    assert_eq!(
+        (req.header_reads, req.map_reads),
+        (3, 0),
+        ":path, then nothing but the owned"
+    );
+}

@@ -86,27 +86,30 @@ impl TokenSessions {
     }
 
     pub fn on_request(&self, req: &mut dyn Request, now_ms: u64) -> (TokenState, Vec<HeaderOp>) {
-        let headers = req.headers();
         let mut ops = Vec::new();
         let found = match &self.carrier {
             TokenCarrier::Cookie { name, attributes } => {
-                if !cookies::path_matches(http::path(headers), &attributes.path) {
+                if !within_path(req, &attributes.path) {
                     Found::OutsidePath
                 } else {
-                    let tokens = cookies::values(headers.all("cookie"), name);
+                    // Every field at once: a browser's request carries cookies of the site's
+                    // other applications, and all of them are needed to strip tether's.
+                    let fields = req.all("cookie");
+                    let fields = || fields.iter().copied();
+                    let tokens = cookies::values(fields(), name);
                     if tokens.is_empty() {
                         Found::New(Miss::NoToken)
                     } else {
                         // The backend has no use for tether's cookie; it leaves with it, from
                         // every field it was in, and every other cookie passes on.
-                        if let Some(rest) = cookies::without(headers.all("cookie"), &[name]) {
+                        if let Some(rest) = cookies::without(fields(), &[name]) {
                             ops.push(cookie_header_op(rest));
                         }
                         self.open_first(&tokens, now_ms)
                     }
                 }
             }
-            TokenCarrier::Header { name } => match headers.first(name) {
+            TokenCarrier::Header { name } => match req.first(name) {
                 None => Found::New(Miss::NoToken),
                 Some(value) => {
                     ops.push(HeaderOp::remove(name));
@@ -284,9 +287,17 @@ pub(crate) fn guard_set_cookies(resp: &mut dyn Response, names: &[&str]) -> (Vec
     ops.extend(
         all.into_iter()
             .filter(|v| !ours(v))
-            .map(|v| HeaderOp::add("set-cookie", v)),
+            .map(|v| HeaderOp::add("set-cookie", v.to_vec())),
     );
     (ops, removed)
+}
+
+/// Whether the request is within a cookie's path; a root path takes no header read.
+pub(crate) fn within_path(req: &mut dyn Request, cookie_path: &str) -> bool {
+    cookie_path == "/"
+        || req
+            .first(":path")
+            .is_some_and(|full| cookies::path_matches(http::path(&full), cookie_path))
 }
 
 /// The request's `Cookie` header with tether's cookies taken out (removed when none is left).
