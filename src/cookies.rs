@@ -39,6 +39,45 @@ pub fn values<'a>(fields: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Vec
         .collect()
 }
 
+/// One pass over every field of the `Cookie` header: the values of `name` (at most
+/// `MAX_CANDIDATES`) and, when there was one, the header without it (as `without`).
+pub fn take<'a>(fields: &[&'a [u8]], name: &str) -> (Vec<&'a [u8]>, Option<Vec<u8>>) {
+    let mut found = Vec::new();
+    let mut rest = Vec::new();
+    let mut seen = false;
+    for field in fields {
+        for part in field.split(|&b| b == b';') {
+            let part = part.trim_ascii();
+            if part.is_empty() {
+                continue;
+            }
+            let (part_name, value) = match part.iter().position(|&b| b == b'=') {
+                Some(eq) => (
+                    part.get(..eq).unwrap_or(part).trim_ascii(),
+                    part.get(eq + 1..).map(<[u8]>::trim_ascii),
+                ),
+                None => (part, None),
+            };
+            if part_name == name.as_bytes() {
+                seen = true;
+                if let Some(v) = value.filter(|_| found.len() < MAX_CANDIDATES) {
+                    found.push(
+                        v.strip_prefix(b"\"")
+                            .and_then(|v| v.strip_suffix(b"\""))
+                            .unwrap_or(v),
+                    );
+                }
+            } else {
+                if !rest.is_empty() {
+                    rest.extend_from_slice(b"; ");
+                }
+                rest.extend_from_slice(part);
+            }
+        }
+    }
+    (found, seen.then_some(rest))
+}
+
 /// The `Cookie` header, every field of it, without the cookies named in `names`: `None` if none
 /// was there (leave the header alone); else one field with every other cookie, in order (an
 /// empty one: remove the header). Several fields become one, as an HTTP/2 hop would join them.
@@ -302,6 +341,32 @@ mod tests {
         assert_eq!(without(first, &["tether"]), Some(b"a=1".to_vec()));
         let none_ours: Vec<&[u8]> = vec![b"a=1", b"b=2"];
         assert_eq!(without(none_ours, &["tether"]), None, "left alone");
+    }
+
+    #[test]
+    fn one_pass_takes_what_values_and_without_give() {
+        let cases: Vec<Vec<&[u8]>> = vec![
+            vec![b"a=1; tether=T; b=2"],
+            vec![b"a=1", b"tether=T; b=2", b"c=3"],
+            vec![b"tether=\"Q\"", b"tether=x; tether=y; tether=z; tether=w"],
+            vec![b"a=1; tether"],
+            vec![b"a=1; b=2"],
+            vec![b";;; =x; tether=; a"],
+            vec![b"\xff=\xfe; tether=\x80"],
+        ];
+        for fields in cases {
+            let (found, rest) = take(&fields, "tether");
+            assert_eq!(
+                found,
+                values(fields.iter().copied(), "tether"),
+                "{fields:?}"
+            );
+            assert_eq!(
+                rest,
+                without(fields.iter().copied(), &["tether"]),
+                "{fields:?}"
+            );
+        }
     }
 
     #[test]

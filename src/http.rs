@@ -4,7 +4,8 @@
 //! sees every field of a repeated header (HTTP/1.1 clients may send `Cookie` several times;
 //! Envoy's single-value getter returns the first only) and costs no host call per header.
 
-/// A header map as Envoy hands it over: (name, value) pairs in order; names may repeat.
+/// A header map as Envoy hands it over: (name, value) pairs in order; names may repeat. Envoy
+/// gives names in lower case, and the core asks for them so.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(Vec<(String, Vec<u8>)>);
 
@@ -17,7 +18,7 @@ impl Headers {
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
         self.0
             .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
 
@@ -25,7 +26,7 @@ impl Headers {
     pub fn values(&self, name: &str) -> Vec<&[u8]> {
         self.0
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
             .collect()
     }
@@ -34,7 +35,7 @@ impl Headers {
     pub fn first(&self, name: &str) -> Option<&[u8]> {
         self.0
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
 
@@ -73,28 +74,29 @@ pub trait Response {
     fn cluster(&mut self) -> Option<String>;
 }
 
-/// A change to a header map, carried out in order.
+/// A change to a header map, carried out in order. Names are borrowed from the configuration
+/// (or are constants): the request path copies no header name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderOp {
+pub enum HeaderOp<'a> {
     /// Replace every field of the header with one value.
-    Set(String, Vec<u8>),
+    Set(&'a str, Vec<u8>),
     /// Add one more field.
-    Add(String, Vec<u8>),
+    Add(&'a str, Vec<u8>),
     /// Remove every field.
-    Remove(String),
+    Remove(&'a str),
 }
 
-impl HeaderOp {
-    pub fn set(name: &str, value: impl Into<Vec<u8>>) -> HeaderOp {
-        HeaderOp::Set(name.to_string(), value.into())
+impl<'a> HeaderOp<'a> {
+    pub fn set(name: &'a str, value: impl Into<Vec<u8>>) -> HeaderOp<'a> {
+        HeaderOp::Set(name, value.into())
     }
 
-    pub fn add(name: &str, value: impl Into<Vec<u8>>) -> HeaderOp {
-        HeaderOp::Add(name.to_string(), value.into())
+    pub fn add(name: &'a str, value: impl Into<Vec<u8>>) -> HeaderOp<'a> {
+        HeaderOp::Add(name, value.into())
     }
 
-    pub fn remove(name: &str) -> HeaderOp {
-        HeaderOp::Remove(name.to_string())
+    pub fn remove(name: &'a str) -> HeaderOp<'a> {
+        HeaderOp::Remove(name)
     }
 }
 
@@ -129,10 +131,10 @@ mod tests {
 
     #[test]
     fn repeated_fields_are_all_seen_in_order() {
-        let h = headers(&[("cookie", "a=1"), ("x", "y"), ("Cookie", "b=2")]);
+        let h = headers(&[("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")]);
         let all: Vec<&[u8]> = h.all("cookie").collect();
         assert_eq!(all, vec![&b"a=1"[..], &b"b=2"[..]]);
-        assert_eq!(h.first("COOKIE"), Some(&b"a=1"[..]));
+        assert_eq!(h.first("cookie"), Some(&b"a=1"[..]));
         assert!(!h.contains("set-cookie"));
     }
 

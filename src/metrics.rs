@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn each_decision_counts_once_under_its_name() {
-        let e = || "127.0.0.1:1".to_string();
+        let e = || std::rc::Rc::<str>::from("127.0.0.1:1");
         let cases = [
             (
                 Decision::Issued {

@@ -1,22 +1,25 @@
 //! Where a session is pinned, and how long it may live.
 
+use std::rc::Rc;
+
 /// Where a session is pinned, and its times (wall-clock milliseconds since 1970, the same on
-/// every Envoy of a fleet, so replicas agree on expiry).
+/// every Envoy of a fleet, so replicas agree on expiry). The names are shared, not copied: a
+/// pin is handed from the cache of opened tokens to the request, the response and the log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
-    pub endpoint: String,
+    pub endpoint: Rc<str>,
     /// The cluster that served the session first (with `upstream.cluster_header`).
-    pub cluster: Option<String>,
+    pub cluster: Option<Rc<str>>,
     pub created_ms: u64,
     pub last_seen_ms: u64,
 }
 
 impl Pin {
     /// A session starting now on `endpoint`.
-    pub fn new(endpoint: String, cluster: Option<String>, now_ms: u64) -> Pin {
+    pub fn new(endpoint: &str, cluster: Option<&str>, now_ms: u64) -> Pin {
         Pin {
-            endpoint,
-            cluster,
+            endpoint: endpoint.into(),
+            cluster: cluster.map(Into::into),
             created_ms: now_ms,
             last_seen_ms: now_ms,
         }
@@ -31,10 +34,10 @@ impl Pin {
     }
 
     /// The same session, moved to `endpoint` (its start stays).
-    pub fn moved(&self, endpoint: String, cluster: Option<String>, now_ms: u64) -> Pin {
+    pub fn moved(&self, endpoint: &str, cluster: Option<&str>, now_ms: u64) -> Pin {
         Pin {
-            endpoint,
-            cluster,
+            endpoint: endpoint.into(),
+            cluster: cluster.map(Into::into),
             created_ms: self.created_ms,
             last_seen_ms: now_ms,
         }
@@ -121,9 +124,9 @@ mod tests {
     #[test]
     fn moved_keeps_the_start_and_seen_never_goes_back() {
         let p = pin(100, 200);
-        let m = p.moved("f".into(), Some("c".into()), 300);
+        let m = p.moved("f", Some("c"), 300);
         assert_eq!(
-            (m.created_ms, m.last_seen_ms, m.endpoint.as_str()),
+            (m.created_ms, m.last_seen_ms, &*m.endpoint),
             (100, 300, "f")
         );
         assert_eq!(p.seen(150).last_seen_ms, 200);

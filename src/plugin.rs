@@ -27,8 +27,8 @@ pub struct Stream {
 /// The request phase's answer: the request's header changes, in order, and what the response
 /// phase needs (`None`: tether has nothing to do on this request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestPlan {
-    pub ops: Vec<HeaderOp>,
+pub struct RequestPlan<'a> {
+    pub ops: Vec<HeaderOp<'a>>,
     /// Client-sent copies of owned headers that were removed.
     pub forged_headers: usize,
     pub stream: Option<Stream>,
@@ -95,7 +95,7 @@ impl Plugin {
         req: &mut dyn Request,
         store: &dyn Store,
         now_ms: u64,
-    ) -> RequestPlan {
+    ) -> RequestPlan<'_> {
         // The policy reads first: when it needed the whole header map, the owned headers below
         // are looked up in it at no cost.
         let mut edits = Vec::new();
@@ -116,10 +116,14 @@ impl Plugin {
             .owned_headers
             .iter()
             .filter(|h| req.first(h).is_some())
-            .map(|h| HeaderOp::remove(h))
+            .map(|h| HeaderOp::remove(h.as_str()))
             .collect();
         let forged_headers = ops.len();
-        ops.append(&mut edits);
+        if ops.is_empty() {
+            ops = edits;
+        } else {
+            ops.append(&mut edits);
+        }
         RequestPlan {
             ops,
             forged_headers,
@@ -134,7 +138,7 @@ impl Plugin {
         store: &dyn Store,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         match self.policies.get(stream.policy) {
             Some(policy) => policy.on_response(&stream.state, resp, store, now_ms, entropy),
             None => ResponseAction::new(Decision::Unserved {

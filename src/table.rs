@@ -198,7 +198,7 @@ impl BindingTable {
         now_ms: u64,
     ) -> Result<WriteReport, WriteError> {
         if binding.pin.endpoint.len() > MAX_ENDPOINT_LEN
-            || binding.pin.cluster.as_ref().map_or(0, String::len) > MAX_CLUSTER_LEN
+            || binding.pin.cluster.as_ref().map_or(0, |c| c.len()) > MAX_CLUSTER_LEN
         {
             return Err(WriteError::TooLong);
         }
@@ -217,7 +217,7 @@ impl BindingTable {
         now_ms: u64,
     ) -> Result<WriteReport, WriteError> {
         self.modify(store, id, now_ms, |entries| {
-            entries.retain(|b| !(b.id == *id && b.pin.endpoint == endpoint));
+            entries.retain(|b| !(b.id == *id && &*b.pin.endpoint == endpoint));
         })
     }
 
@@ -232,7 +232,7 @@ impl BindingTable {
         self.modify(store, id, now_ms, |entries| {
             if let Some(b) = entries
                 .iter_mut()
-                .find(|b| b.id == *id && b.pin.endpoint == endpoint)
+                .find(|b| b.id == *id && &*b.pin.endpoint == endpoint)
             {
                 b.pin = b.pin.seen(now_ms);
                 b.returned = true;
@@ -351,10 +351,7 @@ fn encode_bucket(entries: &[Binding]) -> Vec<u8> {
         out.push(if b.returned { RETURNED } else { 0 });
         out.extend_from_slice(&b.pin.created_ms.to_le_bytes());
         out.extend_from_slice(&b.pin.last_seen_ms.to_le_bytes());
-        for text in [
-            b.pin.endpoint.as_str(),
-            b.pin.cluster.as_deref().unwrap_or(""),
-        ] {
+        for text in [&*b.pin.endpoint, b.pin.cluster.as_deref().unwrap_or("")] {
             let bytes = text.as_bytes();
             let bytes = bytes.get(..usize::from(u8::MAX)).unwrap_or(bytes);
             out.push(bytes.len() as u8);
@@ -387,10 +384,10 @@ fn decode_binding(r: &mut Reader<'_>) -> Option<Binding> {
     let created_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let last_seen_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let len = usize::from(r.byte()?);
-    let endpoint = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+    let endpoint = std::str::from_utf8(r.take(len)?).ok()?.into();
     let len = usize::from(r.byte()?);
     let cluster = std::str::from_utf8(r.take(len)?).ok()?;
-    let cluster = (!cluster.is_empty()).then(|| cluster.to_string());
+    let cluster = (!cluster.is_empty()).then(|| cluster.into());
     Some(Binding {
         id,
         pin: Pin {
@@ -532,7 +529,7 @@ mod tests {
             Err(WriteError::TooLong)
         );
         let mut b = binding(2, "127.0.0.1:1", 0);
-        b.pin.cluster = Some("c".repeat(MAX_CLUSTER_LEN + 1));
+        b.pin.cluster = Some("c".repeat(MAX_CLUSTER_LEN + 1).into());
         assert_eq!(t.put(&store, &b, 0), Err(WriteError::TooLong));
         assert_eq!(store.sets.get(), 0, "nothing written");
         let fits = "a".repeat(MAX_ENDPOINT_LEN);

@@ -90,6 +90,9 @@ proptest! {
         if let Some(rest) = cookies::without(fields, &[&name]) {
             prop_assert!(cookies::values([rest.as_slice()], &name).is_empty(), "our cookie left in {:?}", rest);
         }
+        let (found, rest) = cookies::take(&fields, &name);
+        prop_assert_eq!(found, cookies::values(fields, &name));
+        prop_assert_eq!(rest, cookies::without(fields, &[&name]));
         let _ = cookies::set_cookie_value(&header, &name, 1_000);
         let _ = cookies::cookie_date_ms(&header);
         let _ = cookies::path_matches(&header, "/app");

@@ -119,8 +119,8 @@ impl Engine {
         let plan = self.plugin.on_request(None, &mut req.fake(), store, now);
         let set = |name: &str| {
             plan.ops.iter().rev().find_map(|op| match op {
-                HeaderOp::Set(n, v) if n == name => Some(Some(v.clone())),
-                HeaderOp::Remove(n) if n == name => Some(None),
+                HeaderOp::Set(n, v) if *n == name => Some(Some(v.clone())),
+                HeaderOp::Remove(n) if *n == name => Some(None),
                 _ => None,
             })
         };
@@ -157,11 +157,11 @@ impl Engine {
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         ResponseAction {
             set_cookie: action.ops.iter().rev().find_map(|op| match op {
-                HeaderOp::Add(n, v) if n == "set-cookie" => Some(text(v)),
+                HeaderOp::Add(n, v) if *n == "set-cookie" => Some(text(v)),
                 _ => None,
             }),
             set_header: action.ops.iter().rev().find_map(|op| match op {
-                HeaderOp::Set(n, v) => Some((n.clone(), text(v))),
+                HeaderOp::Set(n, v) => Some((n.to_string(), text(v))),
                 _ => None,
             }),
         }
@@ -216,7 +216,7 @@ fn issue_cookie(e: &Engine, endpoint: &str, now: u64) -> String {
 
 fn endpoint(found: &Found) -> Option<&str> {
     match found {
-        Found::Pinned(p) => Some(p.endpoint.as_str()),
+        Found::Pinned(p) => Some(&*p.endpoint),
         _ => None,
     }
 }

@@ -23,6 +23,7 @@ use crate::seal::SealError;
 use crate::secret::Key;
 use crate::table::{BindingTable, Store, WriteError, WriteReport};
 use std::fmt;
+use std::rc::Rc;
 
 /// What the request phase found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,19 +66,19 @@ impl fmt::Display for Miss {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A new session was bound to the endpoint that served it.
-    Issued { endpoint: String, miss: Miss },
+    Issued { endpoint: Rc<str>, miss: Miss },
     /// The pinned endpoint served the request.
-    Hit { endpoint: String, refreshed: bool },
+    Hit { endpoint: Rc<str>, refreshed: bool },
     /// The pinned endpoint could not be reached (or has left the cluster) and the route's retry
     /// reached another: the session moved there.
-    Rebound { from: String, to: String },
+    Rebound { from: Rc<str>, to: Rc<str> },
     /// The pinned endpoint did not serve and the policy is strict: refused.
-    Refused { endpoint: String },
+    Refused { endpoint: Rc<str> },
     /// No endpoint of the session's cluster could be reached: the session was let go.
-    Dropped { endpoint: String },
+    Dropped { endpoint: Rc<str> },
     /// Envoy answered a pinned request itself (a timeout, an overflow, a reset after the
     /// request went out): the endpoint lives, the session stays as it was.
-    Kept { endpoint: String, details: String },
+    Kept { endpoint: Rc<str>, details: String },
     /// A new session that no endpoint answered: nothing recorded.
     Unserved { details: String },
     /// An endpoint answered but nothing identifies the session (no learned id, or one too
@@ -121,9 +122,9 @@ impl fmt::Display for Decision {
 /// What the response phase does: the decision, the response's header changes (in order), a
 /// strict refusal in place of the response, and what it wrote and removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseAction {
+pub struct ResponseAction<'a> {
     pub decision: Decision,
-    pub ops: Vec<HeaderOp>,
+    pub ops: Vec<HeaderOp<'a>>,
     /// Answer with this status and `Retry-After` seconds instead of the response.
     pub refuse: Option<(u16, u64)>,
     pub writes: WriteReport,
@@ -132,8 +133,8 @@ pub struct ResponseAction {
     pub backend_cookies_removed: usize,
 }
 
-impl ResponseAction {
-    pub fn new(decision: Decision) -> ResponseAction {
+impl ResponseAction<'_> {
+    pub fn new<'a>(decision: Decision) -> ResponseAction<'a> {
         ResponseAction {
             decision,
             ops: Vec::new(),
@@ -163,7 +164,7 @@ pub(crate) enum Verdict<'a> {
 pub(crate) fn verdict<'a>(pin: &Pin, outcome: &'a Outcome, routing: &Routing) -> Verdict<'a> {
     let strict = routing.strict.is_some();
     match outcome {
-        Outcome::Served { endpoint, .. } if *endpoint == pin.endpoint => Verdict::Hit,
+        Outcome::Served { endpoint, .. } if **endpoint == *pin.endpoint => Verdict::Hit,
         Outcome::Served { .. } | Outcome::Unreachable { .. } if strict => Verdict::Refuse,
         Outcome::Served { endpoint, .. } => Verdict::Moved { to: endpoint },
         Outcome::Unreachable { .. } => Verdict::LetGo,
@@ -173,7 +174,7 @@ pub(crate) fn verdict<'a>(pin: &Pin, outcome: &'a Outcome, routing: &Routing) ->
 
 /// The request headers that send a pinned request to its endpoint (and cluster), and keep a
 /// strict session there.
-pub(crate) fn pin_ops(routing: &Routing, pin: &Pin, ops: &mut Vec<HeaderOp>) {
+pub(crate) fn pin_ops<'a>(routing: &'a Routing, pin: &Pin, ops: &mut Vec<HeaderOp<'a>>) {
     ops.push(HeaderOp::set(&routing.host_header, pin.endpoint.as_bytes()));
     if let (Some(header), Some(cluster)) = (&routing.cluster_header, &pin.cluster) {
         ops.push(HeaderOp::set(header, cluster.as_bytes()));
@@ -187,9 +188,9 @@ pub(crate) fn pin_ops(routing: &Routing, pin: &Pin, ops: &mut Vec<HeaderOp>) {
 }
 
 /// The refusal of a strict session.
-pub(crate) fn refusal(routing: &Routing, endpoint: &str) -> ResponseAction {
+pub(crate) fn refusal<'a>(routing: &Routing, endpoint: &Rc<str>) -> ResponseAction<'a> {
     let mut action = ResponseAction::new(Decision::Refused {
-        endpoint: endpoint.to_string(),
+        endpoint: endpoint.clone(),
     });
     action.refuse = routing.strict.map(|s| (s.status, s.retry_after_s));
     action
@@ -267,7 +268,7 @@ impl Policy {
         req: &mut dyn Request,
         store: &dyn Store,
         now_ms: u64,
-    ) -> (PolicyState, Vec<HeaderOp>) {
+    ) -> (PolicyState, Vec<HeaderOp<'_>>) {
         match self {
             Policy::Token(p) => {
                 let (state, ops) = p.on_request(req, now_ms);
@@ -287,7 +288,7 @@ impl Policy {
         store: &dyn Store,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         match (self, state) {
             (Policy::Token(p), PolicyState::Token(s)) => p.on_response(s, resp, now_ms, entropy),
             (Policy::Table(p), PolicyState::Table(s)) => {

@@ -149,8 +149,8 @@ impl TableSessions {
         req: &mut dyn Request,
         store: &dyn Store,
         now_ms: u64,
-    ) -> (TableState, Vec<HeaderOp>) {
-        let mut ops = Vec::new();
+    ) -> (TableState, Vec<HeaderOp<'_>>) {
+        let mut ops = Vec::with_capacity(4);
         let mut state = TableState {
             found: Found::New(Miss::NoToken),
             key: None,
@@ -270,7 +270,7 @@ impl TableSessions {
         store: &dyn Store,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let (guard_ops, removed) = match &self.source {
             KeySource::Cookie { companion, .. } => guard_set_cookies(resp, &[&companion.name]),
             _ => (Vec::new(), 0),
@@ -280,9 +280,11 @@ impl TableSessions {
             Found::New(miss) => self.new_session(state, *miss, resp, store, now_ms, entropy),
             Found::Pinned(pin) => self.pinned(state, pin, resp, store, now_ms, entropy),
         };
-        let mut ops = guard_ops;
-        ops.append(&mut action.ops);
-        action.ops = ops;
+        if !guard_ops.is_empty() {
+            let mut ops = guard_ops;
+            ops.append(&mut action.ops);
+            action.ops = ops;
+        }
         action.backend_cookies_removed = removed;
         action
     }
@@ -295,7 +297,7 @@ impl TableSessions {
         store: &dyn Store,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let endpoint = match Outcome::classify(resp) {
             Outcome::Served { endpoint, .. } => endpoint,
             Outcome::Unreachable { .. } => {
@@ -314,8 +316,15 @@ impl TableSessions {
         if keys.is_empty() {
             return ResponseAction::new(Decision::Unbound { miss });
         }
-        let pin = Pin::new(endpoint.clone(), cluster_of(&self.routing, resp), now_ms);
-        let decision = Decision::Issued { endpoint, miss };
+        let pin = Pin::new(
+            &endpoint,
+            cluster_of(&self.routing, resp).as_deref(),
+            now_ms,
+        );
+        let decision = Decision::Issued {
+            endpoint: pin.endpoint.clone(),
+            miss,
+        };
         self.bind(store, &keys, &pin, false, now_ms, decision, entropy)
     }
 
@@ -327,17 +336,17 @@ impl TableSessions {
         store: &dyn Store,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let outcome = Outcome::classify(resp);
         match verdict(pin, &outcome, &self.routing) {
             Verdict::Hit => self.hit(state, pin, resp, store, now_ms, entropy),
             Verdict::Moved { to } => {
-                let moved = pin.moved(to.to_string(), cluster_of(&self.routing, resp), now_ms);
+                let moved = pin.moved(to, cluster_of(&self.routing, resp).as_deref(), now_ms);
                 let learned = self.learned_from_response(resp, now_ms);
                 let keys: Vec<&Learned> = learned.iter().chain(state.key.as_ref()).collect();
                 let decision = Decision::Rebound {
                     from: pin.endpoint.clone(),
-                    to: to.to_string(),
+                    to: moved.endpoint.clone(),
                 };
                 // A session that moves is one in use: it keeps its protection from floods.
                 self.bind(store, &keys, &moved, true, now_ms, decision, entropy)
@@ -375,11 +384,15 @@ impl TableSessions {
         store: &dyn Store,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         // The application may have started a new session of its own on the same endpoint.
         if let Some(learned) = self.learned_from_response(resp, now_ms) {
             if Some(&learned.id) != state.key.as_ref().map(|k| &k.id) {
-                let fresh = Pin::new(pin.endpoint.clone(), pin.cluster.clone(), now_ms);
+                let fresh = Pin {
+                    created_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    ..pin.clone()
+                };
                 let decision = Decision::Issued {
                     endpoint: pin.endpoint.clone(),
                     miss: Miss::NoToken,
@@ -432,7 +445,7 @@ impl TableSessions {
         now_ms: u64,
         decision: Decision,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let mut writes = WriteReport::default();
         for key in keys {
             let binding = Binding {

@@ -24,19 +24,19 @@ fn plugin_with(json: &str, secret: &[u8; 32]) -> Plugin {
     Plugin::new(&Config::parse(json.as_bytes()).unwrap(), secret)
 }
 
-struct Exchange {
-    plan: RequestPlan,
-    action: ResponseAction,
+struct Exchange<'a> {
+    plan: RequestPlan<'a>,
+    action: ResponseAction<'a>,
 }
 
-impl Exchange {
+impl Exchange<'_> {
     fn found(&self) -> &Found {
         self.plan.stream.as_ref().unwrap().state.found()
     }
 
     fn pinned_to(&self) -> Option<&str> {
         match self.found() {
-            Found::Pinned(p) => Some(p.endpoint.as_str()),
+            Found::Pinned(p) => Some(&*p.endpoint),
             _ => None,
         }
     }
@@ -44,8 +44,8 @@ impl Exchange {
     /// The value the request phase set `name` to (`Some(None)`: removed it).
     fn request_header(&self, name: &str) -> Option<Option<&[u8]>> {
         self.plan.ops.iter().rev().find_map(|op| match op {
-            HeaderOp::Set(n, v) if n == name => Some(Some(v.as_slice())),
-            HeaderOp::Remove(n) if n == name => Some(None),
+            HeaderOp::Set(n, v) if *n == name => Some(Some(v.as_slice())),
+            HeaderOp::Remove(n) if *n == name => Some(None),
             _ => None,
         })
     }
@@ -63,7 +63,7 @@ impl Exchange {
 
     fn response_header(&self, name: &str) -> Option<String> {
         self.action.ops.iter().rev().find_map(|op| match op {
-            HeaderOp::Set(n, v) if n == name => Some(String::from_utf8(v.clone()).unwrap()),
+            HeaderOp::Set(n, v) if *n == name => Some(String::from_utf8(v.clone()).unwrap()),
             _ => None,
         })
     }
@@ -74,30 +74,30 @@ fn added(action: &ResponseAction, name: &str) -> Vec<String> {
         .ops
         .iter()
         .filter_map(|op| match op {
-            HeaderOp::Add(n, v) if n == name => Some(String::from_utf8(v.clone()).unwrap()),
+            HeaderOp::Add(n, v) if *n == name => Some(String::from_utf8(v.clone()).unwrap()),
             _ => None,
         })
         .collect()
 }
 
-fn exchange(
-    p: &Plugin,
+fn exchange<'a>(
+    p: &'a Plugin,
     store: &FakeStore,
     mut req: FakeRequest,
     mut resp: FakeResponse,
     now: u64,
-) -> Exchange {
+) -> Exchange<'a> {
     exchange_on(p, store, None, &mut req, &mut resp, now)
 }
 
-fn exchange_on(
-    p: &Plugin,
+fn exchange_on<'a>(
+    p: &'a Plugin,
     store: &FakeStore,
     route: Option<&str>,
     req: &mut FakeRequest,
     resp: &mut FakeResponse,
     now: u64,
-) -> Exchange {
+) -> Exchange<'a> {
     let plan = p.on_request(route, req, store, now);
     let action = match &plan.stream {
         Some(stream) => p.on_response(stream, resp, store, now, &mut SystemEntropy),
@@ -131,7 +131,7 @@ fn cookie_new_session_then_pinned() {
     let store = FakeStore::default();
     let x = exchange(&p, &store, FakeRequest::new(), FakeResponse::ok(A), 1_000);
     assert_eq!(x.found(), &Found::New(Miss::NoToken));
-    assert!(matches!(x.action.decision, Decision::Issued { ref endpoint, .. } if endpoint == A));
+    assert!(matches!(x.action.decision, Decision::Issued { ref endpoint, .. } if &**endpoint == A));
     let pair = x.cookie_pair();
     assert!(pair.starts_with("tether="));
     assert!(!pair.contains("8081") && !pair.contains("127.0.0.1"));
@@ -287,6 +287,8 @@ fn rotating_keys_keeps_every_table_binding_and_token_session() {
     let on = |p: &Plugin, route: &str, req: FakeRequest, served: &str, now: u64| {
         let (mut req, mut resp) = (req, FakeResponse::ok(served));
         exchange_on(p, &store, Some(route), &mut req, &mut resp, now)
+            .pinned_to()
+            .map(str::to_string)
     };
     let app = FakeResponse::ok(A).set_cookie("JSESSIONID=j1; Path=/");
     let (mut req, mut resp) = (FakeRequest::new(), app);
@@ -313,24 +315,24 @@ fn rotating_keys_keeps_every_table_binding_and_token_session() {
         Some(B),
         "token sessions open under the old key"
     );
-    let x = on(
+    let pinned = on(
         &new,
         "learn",
         FakeRequest::new().cookie("JSESSIONID=j1"),
         B,
         1,
     );
-    assert_eq!(x.pinned_to(), Some(A), "learned application cookie");
-    let x = on(&new, "hdr", FakeRequest::new().header("x-sid", "s1"), B, 1);
-    assert_eq!(x.pinned_to(), Some(A), "learned header");
-    let x = on(
+    assert_eq!(pinned.as_deref(), Some(A), "learned application cookie");
+    let pinned = on(&new, "hdr", FakeRequest::new().header("x-sid", "s1"), B, 1);
+    assert_eq!(pinned.as_deref(), Some(A), "learned header");
+    let pinned = on(
         &new,
         "ip",
         FakeRequest::new().from_address(Some("10.0.0.9:2")),
         B,
         1,
     );
-    assert_eq!(x.pinned_to(), Some(A), "client address");
+    assert_eq!(pinned.as_deref(), Some(A), "client address");
     // New tokens are sealed with the new key: the old key alone no longer opens them.
     let fresh = new_cookie(&new, &store, B, 2);
     let x = exchange(
@@ -397,7 +399,7 @@ fn rebind_when_another_endpoint_served() {
         600_000,
     );
     assert!(
-        matches!(x.action.decision, Decision::Rebound { ref from, ref to } if from == A && to == B)
+        matches!(x.action.decision, Decision::Rebound { ref from, ref to } if &**from == A && &**to == B)
     );
     assert!(
         x.set_cookies()[0].contains("Max-Age=3000"),

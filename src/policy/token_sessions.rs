@@ -85,8 +85,12 @@ impl TokenSessions {
         &self.routing
     }
 
-    pub fn on_request(&self, req: &mut dyn Request, now_ms: u64) -> (TokenState, Vec<HeaderOp>) {
-        let mut ops = Vec::new();
+    pub fn on_request(
+        &self,
+        req: &mut dyn Request,
+        now_ms: u64,
+    ) -> (TokenState, Vec<HeaderOp<'_>>) {
+        let mut ops = Vec::with_capacity(4);
         let found = match &self.carrier {
             TokenCarrier::Cookie { name, attributes } => {
                 if !within_path(req, &attributes.path) {
@@ -95,16 +99,15 @@ impl TokenSessions {
                     // Every field at once: a browser's request carries cookies of the site's
                     // other applications, and all of them are needed to strip tether's.
                     let fields = req.all("cookie");
-                    let fields = || fields.iter().copied();
-                    let tokens = cookies::values(fields(), name);
+                    let (tokens, rest) = cookies::take(&fields, name);
+                    // The backend has no use for tether's cookie; it leaves with it, from every
+                    // field it was in, and every other cookie passes on.
+                    if let Some(rest) = rest {
+                        ops.push(cookie_header_op(rest));
+                    }
                     if tokens.is_empty() {
                         Found::New(Miss::NoToken)
                     } else {
-                        // The backend has no use for tether's cookie; it leaves with it, from
-                        // every field it was in, and every other cookie passes on.
-                        if let Some(rest) = cookies::without(fields(), &[name]) {
-                            ops.push(cookie_header_op(rest));
-                        }
                         self.open_first(&tokens, now_ms)
                     }
                 }
@@ -143,18 +146,22 @@ impl TokenSessions {
         resp: &mut dyn Response,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let (guard_ops, removed) = self.guard_name(resp);
         let mut action = match &state.found {
             Found::OutsidePath => ResponseAction::new(Decision::OutsidePath),
             Found::New(miss) => match Outcome::classify(resp) {
                 Outcome::Served { endpoint, .. } => {
-                    let pin = Pin::new(endpoint.clone(), cluster_of(&self.routing, resp), now_ms);
+                    let pin = Pin::new(
+                        &endpoint,
+                        cluster_of(&self.routing, resp).as_deref(),
+                        now_ms,
+                    );
                     self.issue(
                         &pin,
                         now_ms,
                         Decision::Issued {
-                            endpoint,
+                            endpoint: pin.endpoint.clone(),
                             miss: *miss,
                         },
                         entropy,
@@ -168,9 +175,11 @@ impl TokenSessions {
             Found::Pinned(pin) => self.pinned(pin, resp, now_ms, entropy),
         };
         // The backend's copy of tether's header or cookie goes before tether's own is added.
-        let mut ops = guard_ops;
-        ops.append(&mut action.ops);
-        action.ops = ops;
+        if !guard_ops.is_empty() {
+            let mut ops = guard_ops;
+            ops.append(&mut action.ops);
+            action.ops = ops;
+        }
         action.backend_cookies_removed = removed;
         action
     }
@@ -181,7 +190,7 @@ impl TokenSessions {
         resp: &mut dyn Response,
         now_ms: u64,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let outcome = Outcome::classify(resp);
         match verdict(pin, &outcome, &self.routing) {
             Verdict::Hit => {
@@ -197,10 +206,10 @@ impl TokenSessions {
                 }
             }
             Verdict::Moved { to } => {
-                let moved = pin.moved(to.to_string(), cluster_of(&self.routing, resp), now_ms);
+                let moved = pin.moved(to, cluster_of(&self.routing, resp).as_deref(), now_ms);
                 let decision = Decision::Rebound {
                     from: pin.endpoint.clone(),
-                    to: to.to_string(),
+                    to: moved.endpoint.clone(),
                 };
                 self.issue(&moved, now_ms, decision, entropy)
             }
@@ -234,7 +243,7 @@ impl TokenSessions {
         now_ms: u64,
         decision: Decision,
         entropy: &mut dyn Entropy,
-    ) -> ResponseAction {
+    ) -> ResponseAction<'_> {
         let token = match self.sealer.seal(pin, b"", entropy) {
             Ok(token) => token,
             Err(e) => return ResponseAction::new(Decision::SealFailed(e)),
@@ -257,7 +266,7 @@ impl TokenSessions {
 
     /// tether owns its cookie's (or header's) name: a backend's `Set-Cookie` of that name, or
     /// header of that name, would replace the client's session, and is removed.
-    fn guard_name(&self, resp: &mut dyn Response) -> (Vec<HeaderOp>, usize) {
+    fn guard_name(&self, resp: &mut dyn Response) -> (Vec<HeaderOp<'_>>, usize) {
         match &self.carrier {
             TokenCarrier::Cookie { name, .. } => guard_set_cookies(resp, &[name]),
             TokenCarrier::Header { name } => match resp.first(name) {
@@ -271,7 +280,10 @@ impl TokenSessions {
 /// Removes the response's `Set-Cookie` headers that set one of `names`, keeping every other
 /// one in order: the header is removed and the others added back. Returns the operations and
 /// how many were removed.
-pub(crate) fn guard_set_cookies(resp: &mut dyn Response, names: &[&str]) -> (Vec<HeaderOp>, usize) {
+pub(crate) fn guard_set_cookies(
+    resp: &mut dyn Response,
+    names: &[&str],
+) -> (Vec<HeaderOp<'static>>, usize) {
     if resp.first("set-cookie").is_none() {
         return (Vec::new(), 0);
     }
@@ -301,11 +313,11 @@ pub(crate) fn within_path(req: &mut dyn Request, cookie_path: &str) -> bool {
 }
 
 /// The request's `Cookie` header with tether's cookies taken out (removed when none is left).
-pub(crate) fn cookie_header_op(rest: Vec<u8>) -> HeaderOp {
+pub(crate) fn cookie_header_op(rest: Vec<u8>) -> HeaderOp<'static> {
     if rest.is_empty() {
         HeaderOp::remove("cookie")
     } else {
-        HeaderOp::Set("cookie".to_string(), rest)
+        HeaderOp::Set("cookie", rest)
     }
 }
 
