@@ -240,9 +240,6 @@ struct TetherStream {
 /// kept) once every field of a header is wanted.
 struct HostRequest {
     map: Option<Headers>,
-    /// Every field of one header joined with commas, as Envoy's `request.headers` property
-    /// gives it: one field when it holds no comma.
-    joined: Option<(String, Vec<u8>)>,
 }
 
 impl Request for HostRequest {
@@ -258,16 +255,6 @@ impl Request for HostRequest {
     }
 
     fn all(&mut self, name: &str) -> Vec<&[u8]> {
-        if self.map.is_none() {
-            match counted(hostcalls::get_property(vec!["request", "headers", name])).flatten() {
-                None => return Vec::new(),
-                Some(v) if !v.contains(&b',') => {
-                    let (_, v) = self.joined.insert((name.to_string(), v));
-                    return vec![v.as_slice()];
-                }
-                Some(_) => {}
-            }
-        }
         self.map
             .get_or_insert_with(|| header_map(MapType::HttpRequestHeaders))
             .values(name)
@@ -324,10 +311,7 @@ impl HttpContext for TetherStream {
         } else {
             None
         };
-        let mut req = HostRequest {
-            map: None,
-            joined: None,
-        };
+        let mut req = HostRequest { map: None };
         // One clock read per request: the response phase reuses it.
         self.now_ms = now_ms();
         let plan = self
