@@ -94,6 +94,10 @@ pub enum LearnFrom {
     Header,
     /// The client sends a query parameter named `session_name`.
     Query,
+    /// The backend names the session in a response header `session_name` (MCP's
+    /// `Mcp-Session-Id`), and the client sends it back (under `request_header`, by default the
+    /// same name).
+    ResponseHeader,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,6 +142,8 @@ struct Fields {
     unavailable_status: Option<u64>,
     retry_after: Option<Duration>,
     max_sessions: Option<u64>,
+    request_header: Option<Name>,
+    envelope: Option<bool>,
     upstream: Option<UpstreamFields>,
     routes: Option<BTreeMap<String, Fields>>,
     disabled: Option<bool>,
@@ -385,6 +391,15 @@ pub enum LearnSource {
     Header { header: String },
     /// The query parameter `session_name`.
     Query,
+    /// The response header `header` (lower case) names the session; the client sends it back in
+    /// `request_header`. `envelope`: tether hands the client a sealed token holding the id and
+    /// the pin instead of the id (replicas agree, nothing is stored); else the id itself, bound
+    /// in the table.
+    ResponseHeader {
+        header: String,
+        request_header: String,
+        envelope: bool,
+    },
 }
 
 /// The session type with the settings only it uses.
@@ -496,8 +511,7 @@ impl Config {
                 "only a route can be disabled (routes.<name>.disabled)",
             ));
         }
-        let top_kind = top.kind.unwrap_or(SessionType::Cookie);
-        check_applies(&top, top_kind, top.learn_from, "")?;
+        check_applies(&top, &top, "")?;
         let default = compile(&top, "")?;
         let mut routes = Vec::new();
         for (name, route) in top.routes.iter().flatten() {
@@ -509,8 +523,7 @@ impl Config {
                 return Err(err(&format!("{prefix}routes"), "routes do not nest"));
             }
             let merged = merge(&top, route);
-            let kind = merged.kind.unwrap_or(SessionType::Cookie);
-            check_applies(route, kind, merged.learn_from, &prefix)?;
+            check_applies(route, &merged, &prefix)?;
             if route.disabled == Some(true) {
                 routes.push((name.clone(), None));
             } else {
@@ -630,6 +643,11 @@ fn merge(base: &Fields, over: &Fields) -> Fields {
         unavailable_status: over.unavailable_status.or(base.unavailable_status),
         retry_after: over.retry_after.or(base.retry_after),
         max_sessions: over.max_sessions.or(base.max_sessions),
+        request_header: over
+            .request_header
+            .clone()
+            .or_else(|| base.request_header.clone()),
+        envelope: over.envelope.or(base.envelope),
         upstream,
         routes: None,
         disabled: over.disabled,
@@ -637,15 +655,18 @@ fn merge(base: &Fields, over: &Fields) -> Fields {
 }
 
 /// Refuses a field written for a type that has no use for it.
-fn check_applies(
-    written: &Fields,
-    kind: SessionType,
-    learn_from: Option<LearnFrom>,
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    let learns_cookie =
-        kind == SessionType::Learn && learn_from.unwrap_or(LearnFrom::Cookie) == LearnFrom::Cookie;
-    let seals = matches!(kind, SessionType::Cookie | SessionType::Header) || learns_cookie;
+/// `effective`: the fields the policy ends up with (a route's merged with the top level's).
+fn check_applies(written: &Fields, effective: &Fields, prefix: &str) -> Result<(), ConfigError> {
+    let kind = effective.kind.unwrap_or(SessionType::Cookie);
+    let learn_from = effective.learn_from;
+    let learns = |from: LearnFrom| {
+        kind == SessionType::Learn && learn_from.unwrap_or(LearnFrom::Cookie) == from
+    };
+    let learns_cookie = learns(LearnFrom::Cookie);
+    let learns_response = learns(LearnFrom::ResponseHeader);
+    let envelopes = learns_response && effective.envelope != Some(false);
+    let seals =
+        matches!(kind, SessionType::Cookie | SessionType::Header) || learns_cookie || envelopes;
     let has_cookie = kind == SessionType::Cookie || learns_cookie;
     let keeps_table = matches!(kind, SessionType::Learn | SessionType::SourceIp);
     let checks = [
@@ -662,6 +683,12 @@ fn check_applies(
         ("max_sessions", written.max_sessions.is_some(), keeps_table),
         ("keys", written.keys.is_some(), seals),
         ("cookie", written.cookie.is_some(), has_cookie),
+        (
+            "request_header",
+            written.request_header.is_some(),
+            learns_response,
+        ),
+        ("envelope", written.envelope.is_some(), learns_response),
     ];
     match checks
         .iter()
@@ -690,6 +717,7 @@ fn learn_name(from: Option<LearnFrom>) -> &'static str {
         LearnFrom::Cookie => "cookie",
         LearnFrom::Header => "header",
         LearnFrom::Query => "query",
+        LearnFrom::ResponseHeader => "response_header",
     }
 }
 
@@ -760,6 +788,21 @@ fn compile(f: &Fields, prefix: &str) -> Result<Settings, ConfigError> {
                     header: carrier_header(&at("session_name"), &header_name, &routing)?,
                 },
                 LearnFrom::Query => LearnSource::Query,
+                LearnFrom::ResponseHeader => {
+                    let request_header = match &f.request_header {
+                        Some(n) => carrier_header(
+                            &at("request_header"),
+                            &n.0.to_ascii_lowercase(),
+                            &routing,
+                        )?,
+                        None => header_name.clone(),
+                    };
+                    LearnSource::ResponseHeader {
+                        header: carrier_header(&at("session_name"), &header_name, &routing)?,
+                        request_header,
+                        envelope: f.envelope.unwrap_or(true),
+                    }
+                }
             },
             max_sessions,
         },

@@ -330,9 +330,8 @@ impl HttpContext for TetherStream {
         }
         match &plan.stream {
             Some(stream) => {
-                if let Some(kind) = self.plugin.session_type(stream) {
-                    TALLY.with(|t| t.borrow_mut().request(kind, stream.state.found()));
-                }
+                let sealed = self.plugin.seals_its_sessions(stream);
+                TALLY.with(|t| t.borrow_mut().request(sealed, stream.state.found()));
             }
             None => debug!("tether[{}]: decision=disabled", self.context_id),
         }
@@ -343,13 +342,13 @@ impl HttpContext for TetherStream {
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         // Responses to requests this filter never decided on (a disabled route, a local reply
         // before routing) carry no state: nothing to do.
-        let Some(stream) = self.stream.take() else {
+        let Some(stream) = self.stream.as_ref() else {
             return Action::Continue;
         };
         let mut resp = HostResponse { map: None };
         let action = RNG.with(|rng| {
             self.plugin.on_response(
-                &stream,
+                stream,
                 &mut resp,
                 &SharedData,
                 self.now_ms,
@@ -377,6 +376,26 @@ impl HttpContext for TetherStream {
             return Action::Pause;
         }
         apply(MapType::HttpResponseHeaders, &action.ops);
+        if !self.plugin.watches_stream_end(stream) {
+            self.stream = None;
+        }
         Action::Continue
+    }
+}
+
+impl Drop for TetherStream {
+    // Envoy deletes a stream's context when the stream has ended, and always: the end of a long
+    // stream is seen here without exporting `proxy_on_log`, which would put a call into the VM
+    // on every request.
+    fn drop(&mut self) {
+        // Only streams whose end matters kept their state past the response headers.
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        if !self.plugin.watches_stream_end(&stream) {
+            return;
+        }
+        let cas_retries = self.plugin.on_stream_end(&stream, &SharedData, now_ms());
+        count(Metric::CasRetries, to_i64(cas_retries));
     }
 }

@@ -5,7 +5,6 @@
 //! Every name carries the `tether_` prefix. Envoy keeps proxy-wasm metrics in its `wasmcustom`
 //! namespace: `/stats` lists `wasmcustom.tether_hits`, `/stats/prometheus` lists `tether_hits`.
 
-use crate::config::SessionType;
 use crate::policy::{Decision, Found, Miss, ResponseAction};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +36,9 @@ pub enum Metric {
     StrictRefusals,
     /// Pinned sessions let go because no endpoint could be reached.
     SessionsDropped,
+    /// Sessions the application ended (a DELETE its endpoint answered in 2xx, or a 404 from
+    /// it: `learn_from: response_header`).
+    SessionsEnded,
     /// Bindings that could not be written (shared data refused, every CAS try lost, or an
     /// endpoint too long).
     WriteFailures,
@@ -55,7 +57,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 18] = [
         Metric::SessionsIssued,
         Metric::Hits,
         Metric::Rebinds,
@@ -66,6 +68,7 @@ impl Metric {
         Metric::CasRetries,
         Metric::StrictRefusals,
         Metric::SessionsDropped,
+        Metric::SessionsEnded,
         Metric::WriteFailures,
         Metric::SealFailures,
         Metric::LocalReplies,
@@ -87,6 +90,7 @@ impl Metric {
             Metric::CasRetries => "tether_cas_retries",
             Metric::StrictRefusals => "tether_strict_refusals",
             Metric::SessionsDropped => "tether_sessions_dropped",
+            Metric::SessionsEnded => "tether_sessions_ended",
             Metric::WriteFailures => "tether_write_failures",
             Metric::SealFailures => "tether_seal_failures",
             Metric::LocalReplies => "tether_local_replies",
@@ -122,17 +126,13 @@ impl Tally {
         }
     }
 
-    /// What the request phase found.
-    pub fn request(&mut self, session_type: SessionType, found: &Found) {
+    /// What the request phase found. `sealed`: the policy's sessions are sealed tokens (an
+    /// unknown one is invalid); else an unknown key is simply a new session.
+    pub fn request(&mut self, sealed: bool, found: &Found) {
         match found {
             Found::New(Miss::Expired) => self.add(Metric::Expired, 1),
             Found::New(Miss::TooLong) => self.add(Metric::IdsTooLong, 1),
-            // For learned ids and addresses, an unknown key is simply a new session.
-            Found::New(Miss::Unknown)
-                if matches!(session_type, SessionType::Cookie | SessionType::Header) =>
-            {
-                self.add(Metric::InvalidTokens, 1)
-            }
+            Found::New(Miss::Unknown) if sealed => self.add(Metric::InvalidTokens, 1),
             _ => {}
         }
     }
@@ -145,6 +145,7 @@ impl Tally {
             Decision::Rebound { .. } => Some(Metric::Rebinds),
             Decision::Refused { .. } => Some(Metric::StrictRefusals),
             Decision::Dropped { .. } => Some(Metric::SessionsDropped),
+            Decision::Ended { .. } => Some(Metric::SessionsEnded),
             Decision::WriteFailed(_) => Some(Metric::WriteFailures),
             Decision::SealFailed(_) => Some(Metric::SealFailures),
             Decision::Kept { .. } => Some(Metric::LocalReplies),
@@ -300,16 +301,16 @@ mod tests {
     #[test]
     fn unknown_tokens_are_invalid_but_unknown_learned_ids_are_new_sessions() {
         let mut t = Tally::default();
-        t.request(SessionType::Cookie, &Found::New(Miss::Unknown));
-        t.request(SessionType::Header, &Found::New(Miss::Unknown));
-        t.request(SessionType::Learn, &Found::New(Miss::Unknown));
-        t.request(SessionType::SourceIp, &Found::New(Miss::Unknown));
-        t.request(SessionType::Cookie, &Found::New(Miss::NoToken));
-        t.request(SessionType::Learn, &Found::New(Miss::Expired));
-        t.request(SessionType::Learn, &Found::New(Miss::TooLong));
-        t.request(SessionType::Cookie, &Found::OutsidePath);
-        let pin = Pin::new("127.0.0.1:1".into(), None, 0);
-        t.request(SessionType::Cookie, &Found::Pinned(pin));
+        t.request(true, &Found::New(Miss::Unknown));
+        t.request(true, &Found::New(Miss::Unknown));
+        t.request(false, &Found::New(Miss::Unknown));
+        t.request(false, &Found::New(Miss::Unknown));
+        t.request(true, &Found::New(Miss::NoToken));
+        t.request(false, &Found::New(Miss::Expired));
+        t.request(false, &Found::New(Miss::TooLong));
+        t.request(true, &Found::OutsidePath);
+        let pin = Pin::new("127.0.0.1:1", None, 0);
+        t.request(true, &Found::Pinned(pin));
         let d = drained(&mut t);
         assert_eq!(d[&Metric::InvalidTokens], 2);
         assert_eq!(d[&Metric::Expired], 1);

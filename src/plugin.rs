@@ -147,8 +147,30 @@ impl Plugin {
         }
     }
 
-    /// The session type of a stream's policy (for the metrics of its request phase).
+    /// The session type of a stream's policy.
     pub fn session_type(&self, stream: &Stream) -> Option<SessionType> {
         self.policies.get(stream.policy).map(Policy::session_type)
+    }
+
+    /// Whether a stream's unknown value is a token that did not open (for the metrics of its
+    /// request phase).
+    pub fn seals_its_sessions(&self, stream: &Stream) -> bool {
+        self.policies
+            .get(stream.policy)
+            .is_some_and(Policy::seals_its_sessions)
+    }
+
+    /// Whether the end of this stream matters (see `Policy::watches_stream_end`).
+    pub fn watches_stream_end(&self, stream: &Stream) -> bool {
+        self.policies
+            .get(stream.policy)
+            .is_some_and(Policy::watches_stream_end)
+    }
+
+    /// The end of a request's stream; returns CAS retries.
+    pub fn on_stream_end(&self, stream: &Stream, store: &dyn Store, now_ms: u64) -> usize {
+        self.policies
+            .get(stream.policy)
+            .map_or(0, |p| p.on_stream_end(&stream.state, store, now_ms))
     }
 }

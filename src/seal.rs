@@ -18,14 +18,18 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::cell::RefCell;
 use std::fmt;
 use std::hash::Hasher;
+use std::rc::Rc;
 
 const VERSION: u8 = 2;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// Characters of base64url text that carry the last `TAG_LEN` bytes of a token.
 const TAG_TEXT_LEN: usize = (TAG_LEN * 4).div_ceil(3);
-/// Longest token text accepted: a bigger value is not ours, and opening it would cost.
-pub const MAX_TOKEN_LEN: usize = 400;
+/// Longest token text accepted: a bigger value is not ours, and opening it would cost. An
+/// envelope of the longest id (`MAX_PAYLOAD_LEN`) with every field at its longest fits.
+pub const MAX_TOKEN_LEN: usize = 1536;
+/// Longest id an envelope carries.
+pub const MAX_PAYLOAD_LEN: usize = 512;
 /// Longest endpoint or cluster name a token carries.
 pub const MAX_FIELD_LEN: usize = 255;
 
@@ -39,6 +43,8 @@ pub enum Carrier {
     Header,
     /// The companion cookie of a learned application cookie.
     Companion,
+    /// The envelope of an id the backend issued in a response header; it carries the id.
+    Envelope,
 }
 
 impl Carrier {
@@ -47,6 +53,7 @@ impl Carrier {
             Carrier::Cookie => "cookie",
             Carrier::Header => "header",
             Carrier::Companion => "companion",
+            Carrier::Envelope => "envelope",
         }
     }
 }
@@ -103,6 +110,7 @@ struct OpenedToken {
     text: Box<[u8]>,
     bound_to: Box<[u8]>,
     pin: Pin,
+    payload: Rc<[u8]>,
 }
 
 impl Opened {
@@ -125,17 +133,17 @@ impl Opened {
         ((v ^ (v >> 29) ^ (v >> 47)) as usize % OPENED_SLOTS) & !1
     }
 
-    fn get(&self, text: &[u8], bound_to: &[u8]) -> Option<Pin> {
+    fn get(&self, text: &[u8], bound_to: &[u8]) -> Option<(Pin, Rc<[u8]>)> {
         let i = Self::index(text, bound_to);
         self.slots
             .get(i..i + 2)?
             .iter()
             .flatten()
             .find(|t| *t.text == *text && *t.bound_to == *bound_to)
-            .map(|t| t.pin.clone())
+            .map(|t| (t.pin.clone(), t.payload.clone()))
     }
 
-    fn put(&mut self, text: &[u8], bound_to: &[u8], pin: &Pin) {
+    fn put(&mut self, text: &[u8], bound_to: &[u8], pin: &Pin, payload: &Rc<[u8]>) {
         if self.slots.is_empty() {
             self.slots.resize_with(OPENED_SLOTS, || None);
         }
@@ -150,6 +158,7 @@ impl Opened {
                 text: text.into(),
                 bound_to: bound_to.into(),
                 pin: pin.clone(),
+                payload: payload.clone(),
             });
         }
     }
@@ -189,8 +198,19 @@ impl Sealer {
         bound_to: &[u8],
         entropy: &mut dyn Entropy,
     ) -> Result<String, SealError> {
+        self.seal_carrying(pin, b"", bound_to, entropy)
+    }
+
+    /// A token for `pin` that also carries `payload` (an envelope's id).
+    pub fn seal_carrying(
+        &self,
+        pin: &Pin,
+        payload: &[u8],
+        bound_to: &[u8],
+        entropy: &mut dyn Entropy,
+    ) -> Result<String, SealError> {
         let cipher = self.ciphers.first().ok_or(SealError::Cipher)?;
-        let plain = encode_pin(pin).ok_or(SealError::TooLong)?;
+        let plain = encode_pin(pin, payload).ok_or(SealError::TooLong)?;
         let mut nonce = [0u8; NONCE_LEN];
         if !entropy.fill(&mut nonce) {
             return Err(SealError::NoEntropy);
@@ -213,22 +233,27 @@ impl Sealer {
 
     /// The pin inside `text`, if one of our keys sealed it for this carrier and scope.
     pub fn open(&self, text: &[u8], bound_to: &[u8]) -> Option<Pin> {
+        self.open_carrying(text, bound_to).map(|(pin, _)| pin)
+    }
+
+    /// The pin inside `text` and what it carries.
+    pub fn open_carrying(&self, text: &[u8], bound_to: &[u8]) -> Option<(Pin, Rc<[u8]>)> {
         if text.len() > MAX_TOKEN_LEN {
             return None;
         }
-        if let Some(pin) = self
+        if let Some(found) = self
             .opened
             .try_borrow()
             .ok()
             .and_then(|o| o.get(text, bound_to))
         {
-            return Some(pin);
+            return Some(found);
         }
-        let pin = self.decrypt(text, bound_to)?;
+        let (pin, payload) = self.decrypt(text, bound_to)?;
         if let Ok(mut opened) = self.opened.try_borrow_mut() {
-            opened.put(text, bound_to, &pin);
+            opened.put(text, bound_to, &pin, &payload);
         }
-        Some(pin)
+        Some((pin, payload))
     }
 
     /// Tokens put through the AEAD so far (a token found in the cache is not counted).
@@ -242,7 +267,7 @@ impl Sealer {
         self.opened.try_borrow().map_or(0, |o| o.len())
     }
 
-    fn decrypt(&self, text: &[u8], bound_to: &[u8]) -> Option<Pin> {
+    fn decrypt(&self, text: &[u8], bound_to: &[u8]) -> Option<(Pin, Rc<[u8]>)> {
         #[cfg(any(test, feature = "testing"))]
         self.decrypts.set(self.decrypts.get().saturating_add(1));
         let raw = base64url_decode(text)?;
@@ -268,35 +293,55 @@ impl Sealer {
     }
 }
 
-fn encode_pin(pin: &Pin) -> Option<Vec<u8>> {
+/// The plaintext: created (8, LE), last seen (8, LE), endpoint length (1) and bytes, cluster
+/// length (1) and bytes, and, for an envelope, the payload's length (2, LE) and bytes.
+fn encode_pin(pin: &Pin, payload: &[u8]) -> Option<Vec<u8>> {
     let cluster = pin.cluster.as_deref().unwrap_or("");
-    if pin.endpoint.len() > MAX_FIELD_LEN || cluster.len() > MAX_FIELD_LEN {
+    if pin.endpoint.len() > MAX_FIELD_LEN
+        || cluster.len() > MAX_FIELD_LEN
+        || payload.len() > MAX_PAYLOAD_LEN
+    {
         return None;
     }
-    let mut out = Vec::with_capacity(18 + pin.endpoint.len() + cluster.len());
+    let mut out = Vec::with_capacity(20 + pin.endpoint.len() + cluster.len() + payload.len());
     out.extend_from_slice(&pin.created_ms.to_le_bytes());
     out.extend_from_slice(&pin.last_seen_ms.to_le_bytes());
     out.push(pin.endpoint.len() as u8);
     out.extend_from_slice(pin.endpoint.as_bytes());
     out.push(cluster.len() as u8);
     out.extend_from_slice(cluster.as_bytes());
+    if !payload.is_empty() {
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
     Some(out)
 }
 
-fn decode_pin(bytes: &[u8]) -> Option<Pin> {
+fn decode_pin(bytes: &[u8]) -> Option<(Pin, Rc<[u8]>)> {
     let (created, rest) = split(bytes, 8)?;
     let (last, rest) = split(rest, 8)?;
     let (endpoint, rest) = string(rest)?;
     let (cluster, rest) = string(rest)?;
-    if !rest.is_empty() || endpoint.is_empty() {
+    if endpoint.is_empty() {
         return None;
     }
-    Some(Pin {
+    let payload: Rc<[u8]> = if rest.is_empty() {
+        Rc::from(&[][..])
+    } else {
+        let (len, rest) = split(rest, 2)?;
+        let len = usize::from(u16::from_le_bytes(len.try_into().ok()?));
+        if rest.len() != len || len == 0 || len > MAX_PAYLOAD_LEN {
+            return None;
+        }
+        Rc::from(rest)
+    };
+    let pin = Pin {
         endpoint: endpoint.into(),
         cluster: (!cluster.is_empty()).then(|| cluster.into()),
         created_ms: u64::from_le_bytes(created.try_into().ok()?),
         last_seen_ms: u64::from_le_bytes(last.try_into().ok()?),
-    })
+    };
+    Some((pin, payload))
 }
 
 fn split(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {

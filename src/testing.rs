@@ -70,8 +70,12 @@ impl FakeRequest {
     }
 
     pub fn get(path: &str) -> FakeRequest {
+        FakeRequest::method("GET", path)
+    }
+
+    pub fn method(method: &str, path: &str) -> FakeRequest {
         let mut headers = Headers::default();
-        headers.push(":method", b"GET");
+        headers.push(":method", method.as_bytes());
         headers.push(":path", path.as_bytes());
         FakeRequest {
             headers,

@@ -8,9 +8,11 @@
 //! What both share lives here: what a request found, the headers that pin it, the verdict on a
 //! pinned session once the response is classified (`outcome`), and the decision reported.
 
+mod response_sessions;
 mod table_sessions;
 mod token_sessions;
 
+pub use response_sessions::{ResponseSessions, ResponseState, MAX_RESPONSE_ID_LEN};
 pub use table_sessions::{client_ip, TableSessions, TableState, MAX_LEARNED_LEN};
 pub use token_sessions::{TokenSessions, TokenState};
 
@@ -76,6 +78,11 @@ pub enum Decision {
     Refused { endpoint: Rc<str> },
     /// No endpoint of the session's cluster could be reached: the session was let go.
     Dropped { endpoint: Rc<str> },
+    /// The application ended the session (`learn_from: response_header`).
+    Ended {
+        endpoint: Rc<str>,
+        reason: EndReason,
+    },
     /// Envoy answered a pinned request itself (a timeout, an overflow, a reset after the
     /// request went out): the endpoint lives, the session stays as it was.
     Kept { endpoint: Rc<str>, details: String },
@@ -90,6 +97,24 @@ pub enum Decision {
     WriteFailed(WriteError),
     /// No token could be sealed.
     SealFailed(SealError),
+}
+
+/// Why the application ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// A DELETE of the session, answered in 2xx by its endpoint.
+    Deleted,
+    /// Its endpoint answered 404: it no longer knows the session.
+    NotFound,
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndReason::Deleted => "deleted",
+            EndReason::NotFound => "not_found",
+        })
+    }
 }
 
 impl fmt::Display for Decision {
@@ -107,6 +132,9 @@ impl fmt::Display for Decision {
                 write!(f, "decision=strict_refusal endpoint={endpoint}")
             }
             Decision::Dropped { endpoint } => write!(f, "decision=dropped endpoint={endpoint}"),
+            Decision::Ended { endpoint, reason } => {
+                write!(f, "decision=ended endpoint={endpoint} reason={reason}")
+            }
             Decision::Kept { endpoint, details } => {
                 write!(f, "decision=kept endpoint={endpoint} details={details}")
             }
@@ -206,6 +234,7 @@ pub(crate) fn cluster_of(routing: &Routing, resp: &mut dyn Response) -> Option<S
 pub enum Policy {
     Token(TokenSessions),
     Table(TableSessions),
+    Response(ResponseSessions),
 }
 
 /// What the request phase of a policy carries to its response phase.
@@ -213,6 +242,7 @@ pub enum Policy {
 pub enum PolicyState {
     Token(TokenState),
     Table(TableState),
+    Response(ResponseState),
 }
 
 impl PolicyState {
@@ -220,6 +250,7 @@ impl PolicyState {
         match self {
             PolicyState::Token(s) => &s.found,
             PolicyState::Table(s) => &s.found,
+            PolicyState::Response(s) => &s.found,
         }
     }
 }
@@ -228,8 +259,11 @@ impl Policy {
     /// `process_secret`: the per-Envoy secret, which seals when `keys` is empty and keys the
     /// hash of table ids.
     pub fn new(settings: &Settings, process_secret: &Key) -> Policy {
-        match TokenSessions::new(settings, process_secret) {
-            Some(tokens) => Policy::Token(tokens),
+        if let Some(tokens) = TokenSessions::new(settings, process_secret) {
+            return Policy::Token(tokens);
+        }
+        match ResponseSessions::new(settings, process_secret) {
+            Some(responses) => Policy::Response(responses),
             None => Policy::Table(TableSessions::new(settings, process_secret)),
         }
     }
@@ -238,6 +272,7 @@ impl Policy {
         match self {
             Policy::Token(p) => p.session_type(),
             Policy::Table(p) => p.session_type(),
+            Policy::Response(p) => p.session_type(),
         }
     }
 
@@ -245,6 +280,7 @@ impl Policy {
         match self {
             Policy::Token(p) => p.session_name(),
             Policy::Table(p) => p.session_name(),
+            Policy::Response(p) => p.session_name(),
         }
     }
 
@@ -252,6 +288,7 @@ impl Policy {
         match self {
             Policy::Token(p) => p.routing(),
             Policy::Table(p) => p.routing(),
+            Policy::Response(p) => p.routing(),
         }
     }
 
@@ -260,6 +297,7 @@ impl Policy {
         match self {
             Policy::Token(_) => None,
             Policy::Table(p) => Some(p.table()),
+            Policy::Response(p) => p.table(),
         }
     }
 
@@ -278,6 +316,10 @@ impl Policy {
                 let (state, ops) = p.on_request(req, store, now_ms);
                 (PolicyState::Table(state), ops)
             }
+            Policy::Response(p) => {
+                let (state, ops) = p.on_request(req, store, now_ms);
+                (PolicyState::Response(state), ops)
+            }
         }
     }
 
@@ -294,13 +336,45 @@ impl Policy {
             (Policy::Table(p), PolicyState::Table(s)) => {
                 p.on_response(s, resp, store, now_ms, entropy)
             }
+            (Policy::Response(p), PolicyState::Response(s)) => {
+                p.on_response(s, resp, store, now_ms, entropy)
+            }
             // A state always comes from the same policy's request phase.
             _ => ResponseAction::new(Decision::Unserved {
                 details: "state_mismatch".into(),
             }),
         }
     }
+
+    /// Whether the end of a request's stream matters to this policy (the adapter then reads
+    /// the clock and calls `on_stream_end`).
+    pub fn watches_stream_end(&self) -> bool {
+        match self {
+            Policy::Response(p) => p.watches_stream_end(),
+            Policy::Token(_) | Policy::Table(_) => false,
+        }
+    }
+
+    /// The end of a request's stream (its last byte either way); returns CAS retries.
+    pub fn on_stream_end(&self, state: &PolicyState, store: &dyn Store, now_ms: u64) -> usize {
+        match (self, state) {
+            (Policy::Response(p), PolicyState::Response(s)) => p.on_stream_end(s, store, now_ms),
+            _ => 0,
+        }
+    }
+
+    /// Whether an unknown value of this policy is a token that did not open (forged, altered,
+    /// another key), or just an id this Envoy has not bound.
+    pub fn seals_its_sessions(&self) -> bool {
+        match self {
+            Policy::Token(_) => true,
+            Policy::Table(_) => false,
+            Policy::Response(p) => p.seals(),
+        }
+    }
 }
 
+#[cfg(test)]
+mod response_tests;
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,13 @@ impl TableSessions {
                 source: LearnSource::Query,
                 ..
             } => KeySource::Query { name: name.clone() },
+            // `ResponseSessions` serves these (`Policy::new`); the client's header is the key.
+            Kind::Learn {
+                source: LearnSource::ResponseHeader { request_header, .. },
+                ..
+            } => KeySource::Header {
+                name: request_header.clone(),
+            },
             Kind::SourceIp { trusted_hops, .. } => KeySource::SourceIp {
                 trusted_hops: *trusted_hops,
             },

@@ -1,0 +1,497 @@
+//! Sessions the backend starts (`learn_from: response_header`): a response header names the
+//! session (MCP's `Mcp-Session-Id`), and the client sends it back on every request.
+//!
+//! By default the id travels in an envelope: tether replaces the backend's value with a sealed
+//! token holding the id and the pin, opens it on each request, sets the pin and hands the
+//! backend its own id again. Nothing is stored, and every Envoy with the keys routes the session
+//! alike. With `envelope: false` the client gets the backend's value as it is, and this Envoy's
+//! binding table keeps id → endpoint.
+//!
+//! The application decides a session's life: only an answer in 2xx starts or moves one; a
+//! DELETE of the session that its endpoint answers in 2xx ends it, and so does a 404 from the
+//! endpoint (it has forgotten the session: the client starts a new one).
+
+use super::{
+    cluster_of, pin_ops, refusal, verdict, Decision, EndReason, Found, Miss, ResponseAction,
+    Verdict,
+};
+use crate::config::{Kind, LearnSource, Routing, SessionType, Settings};
+use crate::entropy::Entropy;
+use crate::http::{HeaderOp, Request, Response};
+use crate::outcome::Outcome;
+use crate::pin::{Lifetimes, Pin};
+use crate::seal::{Carrier, Sealer, MAX_PAYLOAD_LEN};
+use crate::secret::{IdHasher, Key};
+use crate::table::{Binding, BindingTable, Lookup, SessionId, Store, TableShape};
+use std::rc::Rc;
+
+/// Longest id tether takes from a response: the longest an envelope carries. A longer one is
+/// left as the backend sent it and pins nothing (`tether_ids_too_long`).
+pub const MAX_RESPONSE_ID_LEN: usize = MAX_PAYLOAD_LEN;
+
+/// Without an idle timeout, how often a binding's last use is written back (for eviction).
+const LRU_TOUCH_MS: u64 = super::table_sessions::LRU_TOUCH_MS;
+
+pub struct ResponseSessions {
+    session_name: String,
+    /// The response header that names the session (lower case).
+    header: String,
+    /// The request header the client sends it back in (lower case).
+    request_header: String,
+    /// `Some`: envelopes; `None`: the backend's ids as they are, bound in `table`.
+    sealer: Option<Sealer>,
+    /// Bindings (`envelope: false`), or, for envelopes with an idle timeout, when this Envoy last
+    /// saw each session (envelopes cannot be refreshed: clients keep the value `initialize` gave).
+    table: Option<BindingTable>,
+    hasher: IdHasher,
+    lifetimes: Lifetimes,
+    routing: Routing,
+}
+
+/// What the request phase found, for the response phase and the end of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseState {
+    pub found: Found,
+    /// The backend's id of the session the request carried (from its envelope, or as sent).
+    pub id: Option<Rc<[u8]>>,
+    /// The envelope the request carried, handed back wherever the backend names the session.
+    pub envelope: Option<Vec<u8>>,
+    /// The request is a DELETE: the application ends the session if its endpoint agrees.
+    pub deleting: bool,
+    /// The table binding had come back before (its first return is written at once).
+    pub returned: bool,
+}
+
+impl ResponseSessions {
+    pub fn new(settings: &Settings, process_secret: &Key) -> Option<ResponseSessions> {
+        let Kind::Learn {
+            source:
+                LearnSource::ResponseHeader {
+                    header,
+                    request_header,
+                    envelope,
+                },
+            max_sessions,
+        } = &settings.kind
+        else {
+            return None;
+        };
+        let keys = if settings.keys.is_empty() {
+            vec![*process_secret]
+        } else {
+            settings.keys.clone()
+        };
+        let sealer =
+            envelope.then(|| Sealer::new(&keys, Carrier::Envelope, &settings.session_name));
+        let keeps_table = !envelope || settings.lifetimes.idle_ms.is_some();
+        let table = keeps_table.then(|| {
+            BindingTable::new(
+                &settings.session_name,
+                TableShape {
+                    capacity: *max_sessions,
+                    lifetimes: settings.lifetimes,
+                },
+            )
+        });
+        Some(ResponseSessions {
+            session_name: settings.session_name.clone(),
+            header: header.clone(),
+            request_header: request_header.clone(),
+            sealer,
+            table,
+            hasher: IdHasher::new(process_secret),
+            lifetimes: settings.lifetimes,
+            routing: settings.routing.clone(),
+        })
+    }
+
+    pub fn session_type(&self) -> SessionType {
+        SessionType::Learn
+    }
+
+    pub fn session_name(&self) -> &str {
+        &self.session_name
+    }
+
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    pub fn table(&self) -> Option<&BindingTable> {
+        self.table.as_ref()
+    }
+
+    /// Whether an unknown value is a forged or foreign token (envelopes), or simply an id this
+    /// Envoy has not bound.
+    pub fn seals(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    fn id_of(&self, id: &[u8]) -> SessionId {
+        self.hasher.id(id)
+    }
+
+    pub fn on_request(
+        &self,
+        req: &mut dyn Request,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> (ResponseState, Vec<HeaderOp<'_>>) {
+        let mut ops = Vec::with_capacity(4);
+        let mut state = ResponseState {
+            found: Found::New(Miss::NoToken),
+            id: None,
+            envelope: None,
+            deleting: false,
+            returned: false,
+        };
+        let Some(value) = req.first(&self.request_header) else {
+            return (state, ops);
+        };
+        let value = value.trim_ascii();
+        if value.is_empty() {
+            return (state, ops);
+        }
+        state.found = match &self.sealer {
+            Some(sealer) => match sealer.open_carrying(value, b"") {
+                // A forged, altered or foreign envelope passes to the backend as it came,
+                // which answers as it does for a session it does not know.
+                None => Found::New(Miss::Unknown),
+                Some((pin, id)) => {
+                    let (pin, expired) = self.envelope_pin(store, pin, &id, now_ms);
+                    if expired {
+                        Found::New(Miss::Expired)
+                    } else {
+                        // The backend gets its own id back; the client never sees it.
+                        ops.push(HeaderOp::set(&self.request_header, id.to_vec()));
+                        state.envelope = Some(value.to_vec());
+                        state.id = Some(id);
+                        Found::Pinned(pin)
+                    }
+                }
+            },
+            None if value.len() > MAX_RESPONSE_ID_LEN => Found::New(Miss::TooLong),
+            None => {
+                let id: Rc<[u8]> = Rc::from(value);
+                let found = match self
+                    .table
+                    .as_ref()
+                    .map(|t| t.lookup(store, &self.id_of(&id), now_ms))
+                {
+                    Some(Lookup::Live(b)) => {
+                        state.returned = b.returned;
+                        Found::Pinned(b.pin)
+                    }
+                    Some(Lookup::Expired(_)) => Found::New(Miss::Expired),
+                    Some(Lookup::Unknown) | None => Found::New(Miss::Unknown),
+                };
+                state.id = Some(id);
+                found
+            }
+        };
+        if let Found::Pinned(pin) = &state.found {
+            pin_ops(&self.routing, pin, &mut ops);
+            state.deleting = req.first(":method").is_some_and(|m| m == b"DELETE");
+        }
+        (state, ops)
+    }
+
+    /// An envelope's pin as this Envoy knows it, and whether it has expired: the absolute
+    /// lifetime counts from the envelope itself; the idle one from the later of the envelope's
+    /// last use and this Envoy's record of the session (clients keep the envelope `initialize`
+    /// gave them, so only Envoy can know the last use). A session this Envoy has no record of
+    /// (another replica served it, or it restarted) is not taken for idle: it is never let go
+    /// for lack of a record, and its server ends it when it forgets it (a 404).
+    fn envelope_pin(&self, store: &dyn Store, pin: Pin, id: &[u8], now_ms: u64) -> (Pin, bool) {
+        let absolute = Lifetimes {
+            absolute_ms: self.lifetimes.absolute_ms,
+            idle_ms: None,
+        };
+        if absolute.is_expired(&pin, now_ms) {
+            return (pin, true);
+        }
+        let Some(table) = &self.table else {
+            let expired = self.lifetimes.is_expired(&pin, now_ms);
+            return (pin, expired);
+        };
+        match table.lookup(store, &self.id_of(id), now_ms) {
+            Lookup::Live(b) if b.pin.endpoint == pin.endpoint => {
+                (pin.seen(b.pin.last_seen_ms), false)
+            }
+            Lookup::Expired(b) if b.pin.endpoint == pin.endpoint => {
+                let seen = pin.seen(b.pin.last_seen_ms);
+                let expired = self.lifetimes.is_expired(&seen, now_ms);
+                (seen, expired)
+            }
+            _ => (pin, false),
+        }
+    }
+
+    pub fn on_response(
+        &self,
+        state: &ResponseState,
+        resp: &mut dyn Response,
+        store: &dyn Store,
+        now_ms: u64,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction<'_> {
+        let outcome = Outcome::classify(resp);
+        let named = resp.first(&self.header);
+        match &state.found {
+            Found::Pinned(pin) => {
+                self.pinned(state, pin, &outcome, named, resp, store, now_ms, entropy)
+            }
+            Found::New(miss) => match &outcome {
+                Outcome::Served { endpoint, status } if (200..300).contains(status) => {
+                    let Some(id) = named.as_deref().map(<[u8]>::trim_ascii) else {
+                        return ResponseAction::new(Decision::Unbound { miss: *miss });
+                    };
+                    if id.is_empty() {
+                        return ResponseAction::new(Decision::Unbound { miss: *miss });
+                    }
+                    if id.len() > MAX_RESPONSE_ID_LEN {
+                        return ResponseAction::new(Decision::Unbound {
+                            miss: Miss::TooLong,
+                        });
+                    }
+                    let pin =
+                        Pin::new(endpoint, cluster_of(&self.routing, resp).as_deref(), now_ms);
+                    let decision = Decision::Issued {
+                        endpoint: pin.endpoint.clone(),
+                        miss: *miss,
+                    };
+                    self.bind(store, id, &pin, false, now_ms, decision, entropy)
+                }
+                // A session the response refuses (an error), or none named: nothing recorded.
+                Outcome::Served { .. } => ResponseAction::new(Decision::Unbound { miss: *miss }),
+                Outcome::Unreachable { .. } => ResponseAction::new(Decision::Unserved {
+                    details: "unreachable".into(),
+                }),
+                Outcome::Local { details } => ResponseAction::new(Decision::Unserved {
+                    details: details.clone(),
+                }),
+            },
+            Found::OutsidePath => ResponseAction::new(Decision::OutsidePath),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pinned(
+        &self,
+        state: &ResponseState,
+        pin: &Pin,
+        outcome: &Outcome,
+        named: Option<Vec<u8>>,
+        resp: &mut dyn Response,
+        store: &dyn Store,
+        now_ms: u64,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction<'_> {
+        let status = match outcome {
+            Outcome::Served { status, .. } => *status,
+            _ => 0,
+        };
+        let ok = (200..300).contains(&status);
+        let id = state.id.as_deref().unwrap_or_default();
+        // The backend named another session than the request's: a new one on this endpoint.
+        let other = named
+            .as_deref()
+            .map(<[u8]>::trim_ascii)
+            .filter(|named| !named.is_empty() && *named != id);
+        match verdict(pin, outcome, &self.routing) {
+            Verdict::Hit if status == 404 || (ok && state.deleting) => {
+                let reason = if status == 404 {
+                    EndReason::NotFound
+                } else {
+                    EndReason::Deleted
+                };
+                let mut action = ResponseAction::new(Decision::Ended {
+                    endpoint: pin.endpoint.clone(),
+                    reason,
+                });
+                self.forget(store, id, pin, now_ms, &mut action);
+                action
+            }
+            Verdict::Hit => match other {
+                Some(new_id) if ok && new_id.len() <= MAX_RESPONSE_ID_LEN => {
+                    let fresh = Pin {
+                        created_ms: now_ms,
+                        last_seen_ms: now_ms,
+                        ..pin.clone()
+                    };
+                    let decision = Decision::Issued {
+                        endpoint: pin.endpoint.clone(),
+                        miss: Miss::NoToken,
+                    };
+                    self.bind(store, new_id, &fresh, false, now_ms, decision, entropy)
+                }
+                _ => self.hit(state, pin, named.is_some(), store, now_ms),
+            },
+            Verdict::Moved { to } if ok => {
+                let moved = pin.moved(to, cluster_of(&self.routing, resp).as_deref(), now_ms);
+                let decision = Decision::Rebound {
+                    from: pin.endpoint.clone(),
+                    to: moved.endpoint.clone(),
+                };
+                let id = other.unwrap_or(id);
+                self.bind(store, id, &moved, true, now_ms, decision, entropy)
+            }
+            // The pinned endpoint is gone and another answered as it does for a session it does
+            // not know: the client starts a new one, load-balanced.
+            Verdict::Moved { .. } | Verdict::LetGo => {
+                let mut action = ResponseAction::new(Decision::Dropped {
+                    endpoint: pin.endpoint.clone(),
+                });
+                self.forget(store, id, pin, now_ms, &mut action);
+                action
+            }
+            Verdict::Refuse => refusal(&self.routing, &pin.endpoint),
+            Verdict::Kept { details } => ResponseAction::new(Decision::Kept {
+                endpoint: pin.endpoint.clone(),
+                details: details.to_string(),
+            }),
+        }
+    }
+
+    /// A hit: the envelope the client sent goes back wherever the backend names the session
+    /// (a client may take a session id from any response), and this Envoy's record of the
+    /// session's use is written when due.
+    fn hit(
+        &self,
+        state: &ResponseState,
+        pin: &Pin,
+        named: bool,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> ResponseAction<'_> {
+        let id = state.id.as_deref().unwrap_or_default();
+        // A binding's first return is written at once: eviction keeps sessions that came back.
+        let first_return = self.sealer.is_none() && !state.returned;
+        let due = self.table.is_some()
+            && (first_return || self.lifetimes.touch_due(pin, now_ms, Some(LRU_TOUCH_MS)));
+        let mut action = ResponseAction::new(Decision::Hit {
+            endpoint: pin.endpoint.clone(),
+            refreshed: due,
+        });
+        if let (true, Some(envelope)) = (named, &state.envelope) {
+            action
+                .ops
+                .push(HeaderOp::set(&self.header, envelope.clone()));
+        }
+        if due {
+            self.record(store, id, pin, now_ms, &mut action);
+        }
+        action
+    }
+
+    /// This Envoy's record that the session was used now: the binding touched (or, for an
+    /// envelope seen here for the first time, written).
+    fn record(
+        &self,
+        store: &dyn Store,
+        id: &[u8],
+        pin: &Pin,
+        now_ms: u64,
+        action: &mut ResponseAction<'_>,
+    ) {
+        let Some(table) = &self.table else {
+            return;
+        };
+        let key = self.id_of(id);
+        let report = match table.lookup(store, &key, now_ms) {
+            Lookup::Live(b) if b.pin.endpoint == pin.endpoint => {
+                table.touch(store, &key, &pin.endpoint, now_ms)
+            }
+            _ if self.sealer.is_some() => table.put(
+                store,
+                &Binding {
+                    id: key,
+                    pin: pin.seen(now_ms),
+                    returned: true,
+                },
+                now_ms,
+            ),
+            _ => return,
+        };
+        if let Ok(r) = report {
+            action.writes.add(&r);
+        }
+    }
+
+    fn forget(
+        &self,
+        store: &dyn Store,
+        id: &[u8],
+        pin: &Pin,
+        now_ms: u64,
+        action: &mut ResponseAction<'_>,
+    ) {
+        if let Some(table) = &self.table {
+            if let Ok(r) = table.remove(store, &self.id_of(id), &pin.endpoint, now_ms) {
+                action.writes.add(&r);
+            }
+        }
+    }
+
+    /// Starts (or moves) the session `id` on `pin`: its envelope replaces the backend's value in
+    /// the response, or the table binds the id.
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        &self,
+        store: &dyn Store,
+        id: &[u8],
+        pin: &Pin,
+        returned: bool,
+        now_ms: u64,
+        decision: Decision,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction<'_> {
+        let mut action = ResponseAction::new(decision);
+        if let Some(sealer) = &self.sealer {
+            match sealer.seal_carrying(pin, id, b"", entropy) {
+                Ok(envelope) => action.ops.push(HeaderOp::set(&self.header, envelope)),
+                Err(e) => {
+                    // The backend's id must not reach the client as the session: it would
+                    // pin nothing, and the client would keep it.
+                    action.ops.push(HeaderOp::remove(&self.header));
+                    action.decision = Decision::SealFailed(e);
+                    return action;
+                }
+            }
+        }
+        if let Some(table) = &self.table {
+            let binding = Binding {
+                id: self.id_of(id),
+                pin: pin.clone(),
+                returned,
+            };
+            match table.put(store, &binding, now_ms) {
+                Ok(r) => action.writes.add(&r),
+                // An envelope pins without the record; a table binding is the session.
+                Err(e) if self.sealer.is_none() => action.decision = Decision::WriteFailed(e),
+                Err(_) => {}
+            }
+        }
+        action
+    }
+
+    /// With an idle timeout, a stream's end is a use of its session.
+    pub fn watches_stream_end(&self) -> bool {
+        self.table.is_some() && self.lifetimes.idle_ms.is_some()
+    }
+
+    /// The end of a request's stream: a long one (server-sent events) was activity until now,
+    /// so this Envoy's record of the session counts from its end.
+    pub fn on_stream_end(&self, state: &ResponseState, store: &dyn Store, now_ms: u64) -> usize {
+        let (Some(table), Found::Pinned(pin), Some(id)) = (&self.table, &state.found, &state.id)
+        else {
+            return 0;
+        };
+        if !self.watches_stream_end() {
+            return 0;
+        }
+        table
+            .touch(store, &self.id_of(id), &pin.endpoint, now_ms)
+            .map_or(0, |r| r.cas_retries)
+    }
+}
