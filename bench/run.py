@@ -67,7 +67,7 @@ MARK_END = "<!-- results:end -->"
 FRONT_CONCURRENCY = 1
 RSS_NOISE_KIB = 4096
 TARGETS = {"returning_ratio_max": 1.10, "new_ratio_max": 1.25, "scale_ratio_max": 1.2,
-           "bytes_per_binding_max": 150, "module_kib_max": 250}
+           "bytes_per_binding_max": 150, "module_kib_max": 250, "mcp_vs_header_max": 1.10}
 
 
 def log(msg: str):
@@ -195,6 +195,7 @@ def plugin(**kw) -> dict:
 
 LEARN_HEADER = "x-session-id"
 TOKEN_HEADER = "x-tether-session"
+MCP_HEADER = "mcp-session-id"
 
 # key: (label, filter kind, plugin config, load shape)
 VARIANTS = {
@@ -205,6 +206,17 @@ VARIANTS = {
     "cookie-new": ("tether cookie, new session", "tether", harness.SHIPPED, "plain"),
     "header": ("tether header, returning", "tether",
                plugin(type="header", session_name=TOKEN_HEADER), "header-returning"),
+    "header-new": ("tether header, new session", "tether",
+                   plugin(type="header", session_name=TOKEN_HEADER), "plain"),
+    # Sessions the backend starts (MCP): the envelope opened, the pin set and the backend's id
+    # handed back on the request; the envelope handed back on the answer, which names the session.
+    "mcp": ("tether MCP envelope, returning", "tether",
+            plugin(type="learn", learn_from="response_header", session_name=MCP_HEADER),
+            "mcp-returning"),
+    # Every answer names a session the request did not carry: an envelope sealed each time.
+    "mcp-new": ("tether MCP envelope, new session", "tether",
+                plugin(type="learn", learn_from="response_header", session_name=MCP_HEADER),
+                "plain"),
     "learn": ("tether learn (header), returning", "tether",
               plugin(type="learn", learn_from="header", session_name=LEARN_HEADER),
               "learn-returning"),
@@ -228,7 +240,7 @@ VARIANTS = {
     "route-off": ("tether loaded, disabled on the route", "tether",
                   plugin(routes={"app": {"disabled": True}}), "plain"),
 }
-STICKY = {"native", "cookie", "header", "learn", "source-ip", "wasm-sticky"}
+STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
 
@@ -465,6 +477,13 @@ class Bench:
                     raise RuntimeError(f"tether header type gave no {TOKEN_HEADER}: {r.headers}")
                 check = self.pin_check(c, first=r.backend, headers=[(TOKEN_HEADER, tok[0])])
                 headers = [f"{TOKEN_HEADER}: {tok[0]}"]
+            elif shape == "mcp-returning":
+                r = c.request("/", cookie=None)
+                env = r.header(MCP_HEADER)
+                if not env or len(env[0]) < 40:
+                    raise RuntimeError(f"tether gave no envelope in {MCP_HEADER}: {r.headers}")
+                check = self.pin_check(c, first=r.backend, headers=[(MCP_HEADER, env[0])])
+                headers = [f"{MCP_HEADER}: {env[0]}"]
             elif shape == "learn-returning":
                 fmt = "fixed-%d"
                 first = c.request("/", cookie=None, headers=[(LEARN_HEADER, fmt % 0)])
@@ -494,10 +513,13 @@ class Bench:
     @staticmethod
     def pin_check(c, first, headers, n: int = 12) -> dict:
         backends, set_cookies = [], 0
+        sent = dict(headers).get(MCP_HEADER)
         for _ in range(n):
             r = c.request("/", cookie=None, headers=headers)
             backends.append(r.backend if r.status == 200 else f"status {r.status}")
             set_cookies += len(r.header("set-cookie")) + len(r.header(TOKEN_HEADER))
+            # An envelope handed back is the one sent; another one is a re-issue.
+            set_cookies += sum(1 for v in r.header(MCP_HEADER) if sent and v != sent)
         ok = all(b == first for b in backends)
         return {"ok": ok, "kind": "pinned", "first": first, "backends": sorted(set(backends)),
                 "token_reissued_on_returning": set_cookies}
@@ -769,6 +791,8 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "new_cookie_vs_native_new": ratio("cookie-new", "native-new"),
         "new_cookie_vs_native_returning": ratio("cookie-new", "native"),
         "header_vs_native": ratio("header", "native"),
+        "mcp_vs_header": ratio("mcp", "header"),
+        "mcp_new_vs_header_new": ratio("mcp-new", "header-new"),
         "learn_vs_native": ratio("learn", "native"),
         "learn_new_vs_native_new": ratio("learn-new", "native-new"),
         "source_ip_vs_native": ratio("source-ip", "native"),
@@ -984,6 +1008,11 @@ def markdown(res: dict, svg_name: str) -> str:
              "sealing, cookie attributes, checks")):
         if r.get(key):
             out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | {note} |")
+    for key, text in (("mcp_vs_header", "tether MCP envelope returning / tether header returning"),
+                      ("mcp_new_vs_header_new", "tether MCP envelope new / tether header new")):
+        if r.get(key):
+            out.append(f"| {text} | {_fmt_ratio(r[key])} | ≤ {TARGETS['mcp_vs_header_max']:.2f} | "
+                       f"{_verdict(r[key]['of_medians'], TARGETS['mcp_vs_header_max'])} |")
     mod = res["module"]
     out.append(f"| module size | {mod['bytes']:,} B ({mod['kib']} KiB) | ≤ {TARGETS['module_kib_max']} KiB | "
                f"{_verdict(mod['kib'], TARGETS['module_kib_max'])} |")

@@ -14,6 +14,7 @@ from harness import COOKIE, pinned_client, wait_until
 COUNTERS = ["tether_sessions_issued", "tether_hits", "tether_rebinds", "tether_expired",
             "tether_invalid_tokens", "tether_forged_headers_removed", "tether_evictions",
             "tether_cas_retries", "tether_strict_refusals", "tether_sessions_dropped",
+            "tether_sessions_ended",
             "tether_write_failures", "tether_seal_failures", "tether_local_replies",
             "tether_backend_cookies_removed", "tether_ids_too_long", "tether_host_call_failures"]
 GAUGES = ["tether_live_bindings"]
