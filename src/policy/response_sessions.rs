@@ -56,8 +56,6 @@ pub struct ResponseState {
     pub id: Option<Rc<[u8]>>,
     /// The envelope the request carried, handed back wherever the backend names the session.
     pub envelope: Option<Vec<u8>>,
-    /// The request is a DELETE: the application ends the session if its endpoint agrees.
-    pub deleting: bool,
     /// The table binding had come back before (its first return is written at once).
     pub returned: bool,
 }
@@ -142,7 +140,6 @@ impl ResponseSessions {
             found: Found::New(Miss::NoToken),
             id: None,
             envelope: None,
-            deleting: false,
             returned: false,
         };
         let Some(value) = req.first(&self.request_header) else {
@@ -191,7 +188,6 @@ impl ResponseSessions {
         };
         if let Found::Pinned(pin) = &state.found {
             pin_ops(&self.routing, pin, &mut ops);
-            state.deleting = req.first(":method").is_some_and(|m| m == b"DELETE");
         }
         (state, ops)
     }
@@ -298,13 +294,24 @@ impl ResponseSessions {
             .as_deref()
             .map(<[u8]>::trim_ascii)
             .filter(|named| !named.is_empty() && *named != id);
-        match verdict(pin, outcome, &self.routing) {
-            Verdict::Hit if status == 404 || (ok && state.deleting) => {
-                let reason = if status == 404 {
-                    EndReason::NotFound
-                } else {
-                    EndReason::Deleted
-                };
+        let verdict = verdict(pin, outcome, &self.routing);
+        // The application ends a session with a DELETE, whose answer carries no body: only then
+        // is the request's method read (tool calls and streams cost no read for it).
+        let ended = match verdict {
+            Verdict::Hit if status == 404 => Some(EndReason::NotFound),
+            Verdict::Hit
+                if ok
+                    && resp.ends_with_headers()
+                    && resp
+                        .request_header(":method")
+                        .is_some_and(|m| m == b"DELETE") =>
+            {
+                Some(EndReason::Deleted)
+            }
+            _ => None,
+        };
+        match (verdict, ended) {
+            (Verdict::Hit, Some(reason)) => {
                 let mut action = ResponseAction::new(Decision::Ended {
                     endpoint: pin.endpoint.clone(),
                     reason,
@@ -312,7 +319,7 @@ impl ResponseSessions {
                 self.forget(store, id, pin, now_ms, &mut action);
                 action
             }
-            Verdict::Hit => match other {
+            (Verdict::Hit, None) => match other {
                 Some(new_id) if ok && new_id.len() <= MAX_RESPONSE_ID_LEN => {
                     let fresh = Pin {
                         created_ms: now_ms,
@@ -327,7 +334,7 @@ impl ResponseSessions {
                 }
                 _ => self.hit(state, pin, named.is_some(), store, now_ms),
             },
-            Verdict::Moved { to } if ok => {
+            (Verdict::Moved { to }, _) if ok => {
                 let moved = pin.moved(to, cluster_of(&self.routing, resp).as_deref(), now_ms);
                 let decision = Decision::Rebound {
                     from: pin.endpoint.clone(),
@@ -338,15 +345,15 @@ impl ResponseSessions {
             }
             // The pinned endpoint is gone and another answered as it does for a session it does
             // not know: the client starts a new one, load-balanced.
-            Verdict::Moved { .. } | Verdict::LetGo => {
+            (Verdict::Moved { .. } | Verdict::LetGo, _) => {
                 let mut action = ResponseAction::new(Decision::Dropped {
                     endpoint: pin.endpoint.clone(),
                 });
                 self.forget(store, id, pin, now_ms, &mut action);
                 action
             }
-            Verdict::Refuse => refusal(&self.routing, &pin.endpoint),
-            Verdict::Kept { details } => ResponseAction::new(Decision::Kept {
+            (Verdict::Refuse, _) => refusal(&self.routing, &pin.endpoint),
+            (Verdict::Kept { details }, _) => ResponseAction::new(Decision::Kept {
                 endpoint: pin.endpoint.clone(),
                 details: details.to_string(),
             }),

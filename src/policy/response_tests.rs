@@ -243,7 +243,22 @@ fn a_delete_its_endpoint_accepts_and_a_404_end_the_session() {
     let store = FakeStore::default();
     let env = initialize(&p, &store, A, "s1", 0);
     let delete_req = FakeRequest::method("DELETE", "/mcp").header(H, &env);
-    let x = exchange(&p, &store, delete_req, FakeResponse::new(200, Some(A)), 1);
+    // A 200 with a body to a DELETE is not taken for the end (an answer to the method is).
+    let x = exchange(
+        &p,
+        &store,
+        delete_req.clone(),
+        FakeResponse::new(200, Some(A)),
+        1,
+    );
+    assert!(matches!(x.decision, Decision::Hit { .. }));
+    let x = exchange(
+        &p,
+        &store,
+        delete_req,
+        FakeResponse::new(200, Some(A)).to_bodiless("DELETE"),
+        1,
+    );
     assert_eq!(
         x.decision,
         Decision::Ended {
