@@ -93,8 +93,17 @@ validate: build setup
 	  $(ENVOY) --mode validate -c $$f --log-level error >/dev/null || exit 1; \
 	done
 
-e2e: build setup chromium
+e2e: build setup chromium mcp-sdk
 	$(VPY) -m pytest -q tests/e2e
+
+# tests/e2e/mcp/client.mjs's MCP SDK, exactly as tests/e2e/mcp/package-lock.json locks it, installed
+# again when the lock file is newer than the install (the Python SDK comes with tests/requirements.txt).
+MCP_NODE_MODULES := tests/e2e/mcp/node_modules/.installed
+.PHONY: mcp-sdk
+mcp-sdk: $(MCP_NODE_MODULES)
+$(MCP_NODE_MODULES): tests/e2e/mcp/package-lock.json
+	npm ci --prefix tests/e2e/mcp --no-audit --no-fund
+	@touch $@
 
 # tests/e2e/test_browser.py drives Debian's Chromium: `playwright install` would download a
 # browser build of its own, which fails where only package registries are reachable.
