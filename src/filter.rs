@@ -269,7 +269,6 @@ impl Request for HostRequest {
 /// call, kept) only once every field of a header is wanted.
 struct HostResponse {
     map: Option<Headers>,
-    end_of_stream: bool,
 }
 
 impl Response for HostResponse {
@@ -300,18 +299,6 @@ impl Response for HostResponse {
 
     fn cluster(&mut self) -> Option<String> {
         property_text(vec!["xds", "cluster_name"])
-    }
-
-    fn ends_with_headers(&self) -> bool {
-        self.end_of_stream
-    }
-
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        counted(hostcalls::get_map_value_bytes(
-            MapType::HttpRequestHeaders,
-            name,
-        ))
-        .flatten()
     }
 }
 
@@ -352,16 +339,13 @@ impl HttpContext for TetherStream {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         // Responses to requests this filter never decided on (a disabled route, a local reply
         // before routing) carry no state: nothing to do.
         let Some(stream) = self.stream.as_ref() else {
             return Action::Continue;
         };
-        let mut resp = HostResponse {
-            map: None,
-            end_of_stream,
-        };
+        let mut resp = HostResponse { map: None };
         let action = RNG.with(|rng| {
             self.plugin.on_response(
                 stream,

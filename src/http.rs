@@ -72,10 +72,6 @@ pub trait Response {
     fn code_details(&mut self) -> Option<String>;
     /// The cluster that handled the request.
     fn cluster(&mut self) -> Option<String>;
-    /// Whether the response ends with its headers (no body follows).
-    fn ends_with_headers(&self) -> bool;
-    /// The first value of one of the request's headers, read in the response phase.
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
 }
 
 /// A change to a header map, carried out in order. Names are borrowed from the configuration
@@ -101,6 +97,12 @@ impl<'a> HeaderOp<'a> {
 
     pub fn remove(name: &'a str) -> HeaderOp<'a> {
         HeaderOp::Remove(name)
+    }
+
+    pub fn name(&self) -> &'a str {
+        match self {
+            HeaderOp::Set(name, _) | HeaderOp::Add(name, _) | HeaderOp::Remove(name) => name,
+        }
     }
 }
 

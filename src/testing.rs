@@ -130,10 +130,6 @@ pub struct FakeResponse {
     /// adapter).
     pub header_reads: Cell<usize>,
     pub map_reads: Cell<usize>,
-    /// The response carries no body; the request's method.
-    pub without_body: bool,
-    pub method: String,
-    pub request_reads: Cell<usize>,
 }
 
 impl FakeResponse {
@@ -156,9 +152,6 @@ impl FakeResponse {
             cluster_reads: Cell::new(0),
             header_reads: Cell::new(0),
             map_reads: Cell::new(0),
-            without_body: false,
-            method: "GET".into(),
-            request_reads: Cell::new(0),
         }
     }
 
@@ -184,13 +177,6 @@ impl FakeResponse {
 
     pub fn set_cookie(self, value: &str) -> FakeResponse {
         self.header("set-cookie", value)
-    }
-
-    /// The answer to a request of `method` that carries no body (a DELETE's 200, say).
-    pub fn to_bodiless(mut self, method: &str) -> FakeResponse {
-        self.without_body = true;
-        self.method = method.to_string();
-        self
     }
 
     pub fn in_cluster(mut self, cluster: Option<&str>) -> FakeResponse {
@@ -219,12 +205,5 @@ impl Response for FakeResponse {
     fn cluster(&mut self) -> Option<String> {
         self.cluster_reads.set(self.cluster_reads.get() + 1);
         self.cluster.clone()
-    }
-    fn ends_with_headers(&self) -> bool {
-        self.without_body
-    }
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.request_reads.set(self.request_reads.get() + 1);
-        (name == ":method").then(|| self.method.as_bytes().to_vec())
     }
 }

@@ -58,6 +58,8 @@ pub struct ResponseState {
     pub envelope: Option<Vec<u8>>,
     /// The table binding had come back before (its first return is written at once).
     pub returned: bool,
+    /// The request is a DELETE of its session: a 2xx from its endpoint ends the session.
+    pub deletes: bool,
 }
 
 impl ResponseSessions {
@@ -141,6 +143,7 @@ impl ResponseSessions {
             id: None,
             envelope: None,
             returned: false,
+            deletes: false,
         };
         let Some(value) = req.first(&self.request_header) else {
             return (state, ops);
@@ -188,6 +191,11 @@ impl ResponseSessions {
         };
         if let Found::Pinned(pin) = &state.found {
             pin_ops(&self.routing, pin, &mut ops);
+            // Read here, not in the response phase: Envoy lets go of the request's headers once
+            // the request phase is over, and `request.method` is read from them too.
+            state.deletes = req
+                .first(":method")
+                .is_some_and(|m| m.eq_ignore_ascii_case(b"DELETE"));
         }
         (state, ops)
     }
@@ -295,21 +303,42 @@ impl ResponseSessions {
             .map(<[u8]>::trim_ascii)
             .filter(|named| !named.is_empty() && *named != id);
         let verdict = verdict(pin, outcome, &self.routing);
-        // The application ends a session with a DELETE, whose answer carries no body: only then
-        // is the request's method read (tool calls and streams cost no read for it).
         let ended = match verdict {
             Verdict::Hit if status == 404 => Some(EndReason::NotFound),
-            Verdict::Hit
-                if ok
-                    && resp.ends_with_headers()
-                    && resp
-                        .request_header(":method")
-                        .is_some_and(|m| m == b"DELETE") =>
-            {
-                Some(EndReason::Deleted)
-            }
+            Verdict::Hit if ok && state.deletes => Some(EndReason::Deleted),
             _ => None,
         };
+        let mut action = self.decide(
+            state, pin, verdict, ended, other, ok, resp, store, now_ms, entropy,
+        );
+        // The client never sees the backend's own id: wherever the backend names the session
+        // (a client may take a session id from any response, the answer to its DELETE too) and
+        // no new envelope was sealed, the one the client sent goes back.
+        if let (true, Some(envelope)) = (named.is_some(), &state.envelope) {
+            if !action.ops.iter().any(|op| op.name() == self.header) {
+                action
+                    .ops
+                    .push(HeaderOp::set(&self.header, envelope.clone()));
+            }
+        }
+        action
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        state: &ResponseState,
+        pin: &Pin,
+        verdict: Verdict<'_>,
+        ended: Option<EndReason>,
+        other: Option<&[u8]>,
+        ok: bool,
+        resp: &mut dyn Response,
+        store: &dyn Store,
+        now_ms: u64,
+        entropy: &mut dyn Entropy,
+    ) -> ResponseAction<'_> {
+        let id = state.id.as_deref().unwrap_or_default();
         match (verdict, ended) {
             (Verdict::Hit, Some(reason)) => {
                 let mut action = ResponseAction::new(Decision::Ended {
@@ -332,7 +361,7 @@ impl ResponseSessions {
                     };
                     self.bind(store, new_id, &fresh, false, now_ms, decision, entropy)
                 }
-                _ => self.hit(state, pin, named.is_some(), store, now_ms),
+                _ => self.hit(state, pin, store, now_ms),
             },
             (Verdict::Moved { to }, _) if ok => {
                 let moved = pin.moved(to, cluster_of(&self.routing, resp).as_deref(), now_ms);
@@ -360,14 +389,11 @@ impl ResponseSessions {
         }
     }
 
-    /// A hit: the envelope the client sent goes back wherever the backend names the session
-    /// (a client may take a session id from any response), and this Envoy's record of the
-    /// session's use is written when due.
+    /// A hit: this Envoy's record of the session's use is written when due.
     fn hit(
         &self,
         state: &ResponseState,
         pin: &Pin,
-        named: bool,
         store: &dyn Store,
         now_ms: u64,
     ) -> ResponseAction<'_> {
@@ -380,11 +406,6 @@ impl ResponseSessions {
             endpoint: pin.endpoint.clone(),
             refreshed: due,
         });
-        if let (true, Some(envelope)) = (named, &state.envelope) {
-            action
-                .ops
-                .push(HeaderOp::set(&self.header, envelope.clone()));
-        }
         if due {
             self.record(store, id, pin, now_ms, &mut action);
         }

@@ -242,21 +242,32 @@ fn a_delete_its_endpoint_accepts_and_a_404_end_the_session() {
     let p = plugin(MCP);
     let store = FakeStore::default();
     let env = initialize(&p, &store, A, "s1", 0);
+    // Another method answered in 2xx, with a body or without (a notification's 202), goes on.
+    for (method, status) in [("POST", 200), ("POST", 202), ("GET", 200), ("PUT", 204)] {
+        let req = FakeRequest::method(method, "/mcp").header(H, &env);
+        let x = exchange(&p, &store, req, FakeResponse::new(status, Some(A)), 1);
+        assert!(
+            matches!(x.decision, Decision::Hit { .. }),
+            "{method} {status}"
+        );
+    }
+    // A DELETE the endpoint refuses (405: the server keeps sessions without it) ends nothing.
     let delete_req = FakeRequest::method("DELETE", "/mcp").header(H, &env);
-    // A 200 with a body to a DELETE is not taken for the end (an answer to the method is).
     let x = exchange(
         &p,
         &store,
         delete_req.clone(),
-        FakeResponse::new(200, Some(A)),
+        FakeResponse::new(405, Some(A)),
         1,
     );
     assert!(matches!(x.decision, Decision::Hit { .. }));
+    // The server names the session in its answer to the DELETE: the client gets its envelope
+    // back, never the server's own id.
     let x = exchange(
         &p,
         &store,
         delete_req,
-        FakeResponse::new(200, Some(A)).to_bodiless("DELETE"),
+        FakeResponse::new(200, Some(A)).header(H, "s1"),
         1,
     );
     assert_eq!(
@@ -266,6 +277,7 @@ fn a_delete_its_endpoint_accepts_and_a_404_end_the_session() {
             reason: EndReason::Deleted
         }
     );
+    assert_eq!(x.envelope(), Some(Some(env.clone())));
     let x = exchange(&p, &store, call(&env), FakeResponse::new(404, Some(A)), 2);
     assert_eq!(
         x.decision,

@@ -2,6 +2,7 @@
 clients to run to completion. Every process goes into harness's registry and is bounded in time."""
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import signal
@@ -99,9 +100,9 @@ class McpServer:
         return None if self.proc is None else self.proc.returncode
 
 
-def run_client(kind: str, url: str, *, calls: int = 3, sessions: int = 1, slow: float = 0.0,
+def run_client(kind: str, url: str, *, calls: int = 3, after: int = 0, sessions: int = 1, slow: float = 0.0,
                steps: int = 4, hangup: bool = False, parallel: bool = False,
-               timeout: float | None = None) -> tuple[int, list[dict], str]:
+               timeout: float | None = None, call_timeout: float | None = None) -> tuple[int, list[dict], str]:
     """One run of client.py (kind "python") or client.mjs ("ts"): its status, its session lines
     (parsed), its stderr. Bounded by `timeout` (default from the work asked)."""
     script = CLIENTS[kind]
@@ -110,14 +111,17 @@ def run_client(kind: str, url: str, *, calls: int = 3, sessions: int = 1, slow: 
         cmd = [node_binary(), str(script)]
     else:
         cmd = [sys.executable, str(script)]
-    cmd += ["--url", url, "--calls", str(calls), "--sessions", str(sessions), "--steps", str(steps)]
+    cmd += ["--url", url, "--calls", str(calls), "--after", str(after), "--sessions", str(sessions),
+            "--steps", str(steps)]
     if slow:
         cmd += ["--slow", str(slow)]
     if hangup:
         cmd.append("--hangup")
+    if call_timeout is not None:
+        cmd += ["--call-timeout", str(call_timeout)]
     if parallel:
         cmd.append("--parallel")
-    per_session = 30.0 + 2 * slow + 2 * calls
+    per_session = 30.0 + 2 * slow + 2 * (calls + after)
     bound = timeout if timeout is not None else per_session * (1 if parallel else sessions) + 15
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             cwd=str(MCP_DIR), start_new_session=True, text=True)
@@ -139,3 +143,40 @@ def run_client(kind: str, url: str, *, calls: int = 3, sessions: int = 1, slow: 
             except ValueError:
                 err += f"\n(not a JSON line on stdout: {raw[:200]!r})"
     return proc.returncode, lines, err
+
+
+# --------------------------------------------------------------------------------------------
+# raw requests, for what the SDKs do not let a test choose
+
+
+def mcp_request(port: int, method: str, body: dict | None = None, session: str | None = None,
+                timeout: float = 5.0) -> tuple[int, list[tuple[str, str]], str]:
+    """One raw request to /mcp with the headers the transport requires; (status, the headers with
+    their names as they came on the wire, the whole body)."""
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": PROTOCOL_VERSION}
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body).encode()
+    if session is not None:
+        headers["Mcp-Session-Id"] = session
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, "/mcp", body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def header(headers, name):
+    return [v for k, v in headers if k.lower() == name]
+
+
+def sse_messages(body: str) -> list[dict]:
+    return [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:") and line[5:].strip()]
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+    "clientInfo": {"name": "raw", "version": "0"}}}

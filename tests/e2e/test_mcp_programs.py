@@ -11,7 +11,8 @@ import re
 import pytest
 
 from harness import HOST
-from mcp_programs import PROTOCOL_VERSION, McpServer, run_client
+from mcp_programs import (INITIALIZE, PROTOCOL_VERSION, McpServer, header, mcp_request,
+                          run_client, sse_messages)
 
 NAME = "mcp-a"
 SESSION_ID = re.compile(r"[0-9a-f]{32}")  # the SDK's uuid4().hex
@@ -25,39 +26,6 @@ def server(tmp_path_factory):
         yield s.start()
     finally:
         s.stop()
-
-
-def mcp_request(port: int, method: str, body: dict | None = None, session: str | None = None,
-                timeout: float = 5.0) -> tuple[int, list[tuple[str, str]], str]:
-    """One raw request to /mcp with the headers the transport requires; (status, the headers with
-    their names as they came on the wire, the whole body)."""
-    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": PROTOCOL_VERSION}
-    data = None
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-        data = json.dumps(body).encode()
-    if session is not None:
-        headers["Mcp-Session-Id"] = session
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, "/mcp", body=data, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.getheaders(), resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
-def header(headers, name):
-    return [v for k, v in headers if k.lower() == name]
-
-
-def sse_messages(body: str) -> list[dict]:
-    return [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:") and line[5:].strip()]
-
-
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-    "clientInfo": {"name": "raw", "version": "0"}}}
 
 
 def check_sessions(lines, sessions, calls, extra=0):

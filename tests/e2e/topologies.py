@@ -98,6 +98,8 @@ def localize(cfg: dict, admin_port: int, listener_port: int, plugin_config=harne
     wasm = tether_config(cfg)
     local = wasm["vm_config"]["code"]["local"]
     path = Path(local["filename"])
+    if os.environ.get("TETHER_WASM"):
+        path = harness.WASM
     local["filename"] = str(path if path.is_absolute() else REPO / path)
     value = harness.plugin_json(plugin_config)
     if value is not None:

@@ -3,14 +3,15 @@
 // package-lock.json beside this file), for tether's end-to-end tests. The same command line and
 // output as client.py:
 //
-//   node client.mjs --url http://127.0.0.1:PORT/mcp --calls N [--slow SECONDS] [--sessions S] [--parallel]
+//   node client.mjs --url http://127.0.0.1:PORT/mcp --calls N [--slow SECONDS] [--after M] [--sessions S] [--parallel]
+//                   [--call-timeout SECONDS]
 //
 // Each session: `initialize` (this SDK speaks the 2025-11-25 handshake era only), N `whoami` calls,
 // and a clean close. The SDK's close() only aborts its requests: the DELETE that ends the session is
 // terminateSession(), called first. With --slow the session also runs one `slow` call of that many
 // seconds and makes its `whoami` calls while the slow call's SSE response is still streaming
-// (--hangup: the server closes that response halfway and the SDK resumes it with Last-Event-ID).
-// The transport is fetch-based and keeps no cookies.
+// (--hangup: the server closes that response halfway and the SDK resumes it with Last-Event-ID),
+// then M more `whoami` calls once the slow call has answered. The transport is fetch-based and keeps no cookies.
 //
 // One JSON line per session, as it ends: {"session", "results", "errors", "ids_sent", "http",
 // "progress", "logs", "transport_errors"} ("transport_errors": what the SDK reported outside any
@@ -38,12 +39,14 @@ function options() {
       options: {
         url: { type: 'string' },
         calls: { type: 'string', default: '3' },
+        after: { type: 'string', default: '0' },
         slow: { type: 'string', default: '0' },
         steps: { type: 'string', default: '4' },
         hangup: { type: 'boolean', default: false },
         sessions: { type: 'string', default: '1' },
         parallel: { type: 'boolean', default: false },
         timeout: { type: 'string' },
+        'call-timeout': { type: 'string' },
       },
     }));
   } catch (err) {
@@ -52,6 +55,7 @@ function options() {
   const o = {
     url: values.url,
     calls: Number(values.calls),
+    after: Number(values.after),
     slow: Number(values.slow),
     steps: Number(values.steps),
     hangup: values.hangup,
@@ -61,11 +65,13 @@ function options() {
   if (!o.url) usage('--url is required');
   if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):/.test(o.url)) usage("--url must be on this machine's loopback");
   const int = (v, lo, hi) => Number.isInteger(v) && v >= lo && v <= hi;
-  if (!int(o.calls, 0, MAX_CALLS) || !int(o.sessions, 1, MAX_SESSIONS) || !int(o.steps, 1, 600)
+  if (!int(o.calls, 0, MAX_CALLS) || !int(o.after, 0, MAX_CALLS) || !int(o.sessions, 1, MAX_SESSIONS) || !int(o.steps, 1, 600)
       || !(o.slow >= 0 && o.slow <= MAX_SLOW_S)) {
-    usage(`--calls 0..${MAX_CALLS}, --sessions 1..${MAX_SESSIONS}, --slow 0..${MAX_SLOW_S}, --steps 1..600`);
+    usage(`--calls and --after 0..${MAX_CALLS}, --sessions 1..${MAX_SESSIONS}, --slow 0..${MAX_SLOW_S}, --steps 1..600`);
   }
-  o.timeout = values.timeout !== undefined ? Number(values.timeout) : 30 + 2 * o.slow + 2 * o.calls;
+  o.callTimeout = values['call-timeout'] !== undefined ? Number(values['call-timeout']) : undefined;
+  if (o.callTimeout !== undefined && !(o.callTimeout > 0)) usage('--call-timeout must be a positive number of seconds');
+  o.timeout = values.timeout !== undefined ? Number(values.timeout) : 30 + 2 * o.slow + 2 * (o.calls + o.after);
   if (!(o.timeout > 0)) usage('--timeout must be a positive number of seconds');
   return o;
 }
@@ -106,7 +112,7 @@ async function session(o) {
 
   const slowS = Math.min(Math.max(o.slow, 0), MAX_SLOW_S);
   // The SDK's own default bound on a request is 60 s, shorter than the longest slow call.
-  const callTimeoutMs = (30 + slowS) * 1000;
+  const callTimeoutMs = (o.callTimeout ?? 30 + slowS) * 1000;
   let timer;
   const deadline = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`the session took longer than ${o.timeout} s`)), o.timeout * 1000);
@@ -128,17 +134,21 @@ async function session(o) {
     // The short calls spread over the slow call's span, so they reach the server while its
     // response is still streaming.
     const paceMs = slowS > 0 ? (slowS * 1000) / (o.calls + 1) : 0;
-    for (let i = 0; i < o.calls; i++) {
-      if (paceMs) await sleep(paceMs);
+    const whoami = async () => {
       try {
         out.results.push(parse('whoami', await client.callTool({ name: 'whoami', arguments: {} }, undefined,
                                                                 { timeout: callTimeoutMs })));
       } catch (err) {
         out.errors.push(`whoami: ${describe(err)}`);
       }
+    };
+    for (let i = 0; i < o.calls; i++) {
+      if (paceMs) await sleep(paceMs);
+      await whoami();
     }
     await slowDone;
     out.results.push(...slowResult);
+    for (let i = 0; i < o.after; i++) await whoami();
   })();
 
   try {

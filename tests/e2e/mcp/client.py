@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """MCP sessions through the official Python SDK's client (`mcp`), for tether's end-to-end tests.
 
-    client.py --url http://127.0.0.1:PORT/mcp --calls N [--slow SECONDS] [--sessions S] [--parallel]
+    client.py --url http://127.0.0.1:PORT/mcp --calls N [--slow SECONDS] [--after M] [--sessions S] [--parallel]
 
 Each session: `initialize` (mode="legacy": the SDK's default is the 2026-07-28 protocol, which has
 no initialize and no Mcp-Session-Id), N `whoami` calls, and a clean close, which is where the SDK
 sends the DELETE that ends the session. With --slow the session also runs one `slow` call of that
 many seconds and makes its `whoami` calls while the slow call's SSE response is still streaming
-(--hangup: the server closes that response halfway and the SDK resumes it with Last-Event-ID).
+(--hangup: the server closes that response halfway and the SDK resumes it with Last-Event-ID),
+then M more `whoami` calls once the slow call has answered.
 
 One JSON line per session, as it ends:
   {"session": the Mcp-Session-Id the client sent, "results": [the tools' JSON answers, in order],
@@ -72,7 +73,7 @@ async def session(args) -> dict:
         out["logs"] += 1
 
     slow_s = min(max(args.slow or 0.0, 0.0), MAX_SLOW_S)
-    call_timeout = 30.0 + slow_s
+    call_timeout = args.call_timeout if args.call_timeout is not None else 30.0 + slow_s
     # Proxies from the environment would take loopback traffic elsewhere (trust_env=False); a read
     # bound longer than the server's SSE keep-alive pings, so an idle GET stream stays open.
     http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, read=60.0), trust_env=False,
@@ -94,6 +95,12 @@ async def session(args) -> dict:
                     except Exception as exc:  # noqa: BLE001 - reported in the session's line
                         out["errors"].append(f"slow: {describe(exc)}")
 
+                async def whoami():
+                    try:
+                        out["results"].append(parse("whoami", await client.call_tool("whoami", {})))
+                    except Exception as exc:  # noqa: BLE001 - reported in the session's line
+                        out["errors"].append(f"whoami: {describe(exc)}")
+
                 async with anyio.create_task_group() as tg:
                     if slow_s:
                         tg.start_soon(slow_call)
@@ -103,11 +110,10 @@ async def session(args) -> dict:
                     for _ in range(args.calls):
                         if pace:
                             await anyio.sleep(pace)
-                        try:
-                            out["results"].append(parse("whoami", await client.call_tool("whoami", {})))
-                        except Exception as exc:  # noqa: BLE001 - reported in the session's line
-                            out["errors"].append(f"whoami: {describe(exc)}")
+                        await whoami()
                 out["results"].extend(slow_result)
+                for _ in range(args.after):
+                    await whoami()
     except BaseException as exc:  # noqa: BLE001 - a session's failure is its line's, not the run's
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -140,20 +146,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--url", required=True)
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--after", type=int, default=0, help="whoami calls after the slow call answered")
     ap.add_argument("--slow", type=float, default=0.0, help="seconds of one slow call per session")
     ap.add_argument("--steps", type=int, default=4, help="progress notifications of the slow call")
     ap.add_argument("--hangup", action="store_true", help="the server closes the slow call's stream halfway")
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--parallel", action="store_true", help="run the sessions at the same time")
     ap.add_argument("--timeout", type=float, default=None, help="bound on one session, seconds")
+    ap.add_argument("--call-timeout", type=float, default=None,
+                    help="bound on one call, seconds (default 30 + --slow)")
     args = ap.parse_args()
-    if not (0 <= args.calls <= MAX_CALLS and 1 <= args.sessions <= MAX_SESSIONS
+    if not (0 <= args.calls <= MAX_CALLS and 0 <= args.after <= MAX_CALLS and 1 <= args.sessions <= MAX_SESSIONS
             and 0 <= args.slow <= MAX_SLOW_S and 1 <= args.steps <= 600):
-        ap.error(f"--calls 0..{MAX_CALLS}, --sessions 1..{MAX_SESSIONS}, --slow 0..{MAX_SLOW_S}, --steps 1..600")
+        ap.error(f"--calls and --after 0..{MAX_CALLS}, --sessions 1..{MAX_SESSIONS}, --slow 0..{MAX_SLOW_S}, --steps 1..600")
     if not args.url.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
         ap.error("--url must be on this machine's loopback")
     if args.timeout is None:
-        args.timeout = 30.0 + 2 * args.slow + 2 * args.calls
+        args.timeout = 30.0 + 2 * args.slow + 2 * (args.calls + args.after)
     return anyio.run(run, args)
 
 
