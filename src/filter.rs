@@ -240,6 +240,7 @@ struct TetherStream {
 /// kept) once every field of a header is wanted.
 struct HostRequest {
     map: Option<Headers>,
+    end_of_stream: bool,
 }
 
 impl Request for HostRequest {
@@ -262,6 +263,10 @@ impl Request for HostRequest {
 
     fn source_address(&mut self) -> Option<String> {
         property_text(vec!["source", "address"])
+    }
+
+    fn has_body(&self) -> bool {
+        !self.end_of_stream
     }
 }
 
@@ -305,13 +310,16 @@ impl Response for HostResponse {
 impl Context for TetherStream {}
 
 impl HttpContext for TetherStream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let route = if self.plugin.needs_route_name() {
             property_text(vec!["xds", "route_name"])
         } else {
             None
         };
-        let mut req = HostRequest { map: None };
+        let mut req = HostRequest {
+            map: None,
+            end_of_stream,
+        };
         // One clock read per request: the response phase reuses it.
         self.now_ms = now_ms();
         let plan = self

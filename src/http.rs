@@ -56,6 +56,8 @@ pub trait Request {
     fn all(&mut self, name: &str) -> Vec<&[u8]>;
     /// The downstream peer, `IP:port` (a property read: asked only by `source_ip`).
     fn source_address(&mut self) -> Option<String>;
+    /// Whether a body follows the headers (known without a host call).
+    fn has_body(&self) -> bool;
 }
 
 /// A response's headers and the properties the core may ask for. Each is a host call; the core

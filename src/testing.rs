@@ -61,6 +61,7 @@ pub struct FakeRequest {
     pub source_reads: usize,
     pub header_reads: usize,
     pub map_reads: usize,
+    pub body: bool,
 }
 
 impl FakeRequest {
@@ -94,6 +95,12 @@ impl FakeRequest {
         self.header("cookie", value)
     }
 
+    /// A body follows the headers (a POST's JSON, say).
+    pub fn with_body(mut self) -> FakeRequest {
+        self.body = true;
+        self
+    }
+
     pub fn from_address(mut self, address: Option<&str>) -> FakeRequest {
         self.source = address.map(str::to_string);
         self
@@ -112,6 +119,9 @@ impl Request for FakeRequest {
     fn source_address(&mut self) -> Option<String> {
         self.source_reads += 1;
         self.source.clone()
+    }
+    fn has_body(&self) -> bool {
+        self.body
     }
 }
 

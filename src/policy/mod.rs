@@ -173,6 +173,19 @@ impl ResponseAction<'_> {
     }
 }
 
+impl<'a> ResponseAction<'a> {
+    /// The removals of the backend's copies of tether's header or cookie (`removed` of them)
+    /// go before whatever the action adds of tether's own.
+    pub(crate) fn after_guard(mut self, mut guard_ops: Vec<HeaderOp<'a>>, removed: usize) -> Self {
+        if !guard_ops.is_empty() {
+            guard_ops.append(&mut self.ops);
+            self.ops = guard_ops;
+        }
+        self.backend_cookies_removed = removed;
+        self
+    }
+}
+
 /// A pinned session's fate, from the classified response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict<'a> {

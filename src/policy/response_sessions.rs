@@ -192,10 +192,12 @@ impl ResponseSessions {
         if let Found::Pinned(pin) = &state.found {
             pin_ops(&self.routing, pin, &mut ops);
             // Read here, not in the response phase: Envoy lets go of the request's headers once
-            // the request phase is over, and `request.method` is read from them too.
-            state.deletes = req
-                .first(":method")
-                .is_some_and(|m| m.eq_ignore_ascii_case(b"DELETE"));
+            // the request phase is over, and `request.method` is read from them too. A DELETE
+            // that ends a session carries no body, so tool calls (POSTs with one) skip the read.
+            state.deletes = !req.has_body()
+                && req
+                    .first(":method")
+                    .is_some_and(|m| m.eq_ignore_ascii_case(b"DELETE"));
         }
         (state, ops)
     }

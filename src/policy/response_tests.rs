@@ -242,15 +242,40 @@ fn a_delete_its_endpoint_accepts_and_a_404_end_the_session() {
     let p = plugin(MCP);
     let store = FakeStore::default();
     let env = initialize(&p, &store, A, "s1", 0);
-    // Another method answered in 2xx, with a body or without (a notification's 202), goes on.
-    for (method, status) in [("POST", 200), ("POST", 202), ("GET", 200), ("PUT", 204)] {
-        let req = FakeRequest::method(method, "/mcp").header(H, &env);
+    // Another method answered in 2xx, with a body or without (a notification's 202), goes on;
+    // so does a DELETE with a body (the session's end carries none), whose method is not read.
+    for (method, body, status) in [
+        ("POST", true, 200),
+        ("POST", true, 202),
+        ("GET", false, 200),
+        ("PUT", false, 204),
+        ("DELETE", true, 200),
+    ] {
+        let mut req = FakeRequest::method(method, "/mcp").header(H, &env);
+        if body {
+            req = req.with_body();
+        }
         let x = exchange(&p, &store, req, FakeResponse::new(status, Some(A)), 1);
         assert!(
             matches!(x.decision, Decision::Hit { .. }),
             "{method} {status}"
         );
     }
+    // A tool call costs no read of its method.
+    let mut tool_call = FakeRequest::method("POST", "/mcp")
+        .header(H, &env)
+        .with_body();
+    assert!(p
+        .on_request(None, &mut tool_call, &store, 1)
+        .stream
+        .is_some());
+    let mut bodiless = FakeRequest::method("POST", "/mcp").header(H, &env);
+    p.on_request(None, &mut bodiless, &store, 1);
+    assert_eq!(
+        bodiless.header_reads,
+        tool_call.header_reads + 1,
+        "the method is read without a body only"
+    );
     // A DELETE the endpoint refuses (405: the server keeps sessions without it) ends nothing.
     let delete_req = FakeRequest::method("DELETE", "/mcp").header(H, &env);
     let x = exchange(

@@ -282,18 +282,12 @@ impl TableSessions {
             KeySource::Cookie { companion, .. } => guard_set_cookies(resp, &[&companion.name]),
             _ => (Vec::new(), 0),
         };
-        let mut action = match &state.found {
+        let action = match &state.found {
             Found::OutsidePath => ResponseAction::new(Decision::OutsidePath),
             Found::New(miss) => self.new_session(state, *miss, resp, store, now_ms, entropy),
             Found::Pinned(pin) => self.pinned(state, pin, resp, store, now_ms, entropy),
         };
-        if !guard_ops.is_empty() {
-            let mut ops = guard_ops;
-            ops.append(&mut action.ops);
-            action.ops = ops;
-        }
-        action.backend_cookies_removed = removed;
-        action
+        action.after_guard(guard_ops, removed)
     }
 
     fn new_session(

@@ -148,7 +148,7 @@ impl TokenSessions {
         entropy: &mut dyn Entropy,
     ) -> ResponseAction<'_> {
         let (guard_ops, removed) = self.guard_name(resp);
-        let mut action = match &state.found {
+        let action = match &state.found {
             Found::OutsidePath => ResponseAction::new(Decision::OutsidePath),
             Found::New(miss) => match Outcome::classify(resp) {
                 Outcome::Served { endpoint, .. } => {
@@ -174,14 +174,7 @@ impl TokenSessions {
             },
             Found::Pinned(pin) => self.pinned(pin, resp, now_ms, entropy),
         };
-        // The backend's copy of tether's header or cookie goes before tether's own is added.
-        if !guard_ops.is_empty() {
-            let mut ops = guard_ops;
-            ops.append(&mut action.ops);
-            action.ops = ops;
-        }
-        action.backend_cookies_removed = removed;
-        action
+        action.after_guard(guard_ops, removed)
     }
 
     fn pinned(
