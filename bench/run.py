@@ -38,6 +38,7 @@ import os
 import platform
 import re
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -1253,6 +1254,10 @@ def main(argv=None) -> int:
                 if key in STICKY:
                     STICKY.add(f"{key}@alt")
     signal.signal(signal.SIGTERM, _on_term)
+    # Every mode drives load with wrk (--paired too).
+    if shutil.which("wrk") is None:
+        print("wrk not found: `apt-get install -y wrk` (make bench does it)", file=sys.stderr)
+        return 2
     started = time.monotonic()
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) >= 2:
@@ -1282,10 +1287,6 @@ def main(argv=None) -> int:
     if not harness.WASM.exists():
         print(f"module {harness.WASM} missing: run `make build`", file=sys.stderr)
         return 2
-    for tool in ("wrk",):
-        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
-            print(f"{tool} not found: `apt-get install -y wrk` (make bench does it)", file=sys.stderr)
-            return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "quick" if args.quick else "latest"
     info = machine_info()
