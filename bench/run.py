@@ -197,6 +197,10 @@ def plugin(**kw) -> dict:
 LEARN_HEADER = "x-session-id"
 TOKEN_HEADER = "x-tether-session"
 MCP_HEADER = "mcp-session-id"
+# The plugin of each session type measured both returning and new.
+HEADER_PLUGIN = plugin(type="header", session_name=TOKEN_HEADER)
+MCP_PLUGIN = plugin(type="learn", learn_from="response_header", session_name=MCP_HEADER)
+LEARN_PLUGIN = plugin(type="learn", learn_from="header", session_name=LEARN_HEADER)
 
 # key: (label, filter kind, plugin config, load shape)
 VARIANTS = {
@@ -205,25 +209,15 @@ VARIANTS = {
     "native-new": ("native stateful_session, new session", "native", None, "plain"),
     "cookie": ("tether cookie, returning", "tether", harness.SHIPPED, "cookie-returning"),
     "cookie-new": ("tether cookie, new session", "tether", harness.SHIPPED, "plain"),
-    "header": ("tether header, returning", "tether",
-               plugin(type="header", session_name=TOKEN_HEADER), "header-returning"),
-    "header-new": ("tether header, new session", "tether",
-                   plugin(type="header", session_name=TOKEN_HEADER), "plain"),
+    "header": ("tether header, returning", "tether", HEADER_PLUGIN, "header-returning"),
+    "header-new": ("tether header, new session", "tether", HEADER_PLUGIN, "plain"),
     # Sessions the backend starts (MCP): the envelope opened, the pin set and the backend's id
     # handed back on the request; the envelope handed back on the answer, which names the session.
-    "mcp": ("tether MCP envelope, returning", "tether",
-            plugin(type="learn", learn_from="response_header", session_name=MCP_HEADER),
-            "mcp-returning"),
+    "mcp": ("tether MCP envelope, returning", "tether", MCP_PLUGIN, "mcp-returning"),
     # Every answer names a session the request did not carry: an envelope sealed each time.
-    "mcp-new": ("tether MCP envelope, new session", "tether",
-                plugin(type="learn", learn_from="response_header", session_name=MCP_HEADER),
-                "plain"),
-    "learn": ("tether learn (header), returning", "tether",
-              plugin(type="learn", learn_from="header", session_name=LEARN_HEADER),
-              "learn-returning"),
-    "learn-new": ("tether learn (header), new id", "tether",
-                  plugin(type="learn", learn_from="header", session_name=LEARN_HEADER),
-                  "learn-new"),
+    "mcp-new": ("tether MCP envelope, new session", "tether", MCP_PLUGIN, "plain"),
+    "learn": ("tether learn (header), returning", "tether", LEARN_PLUGIN, "learn-returning"),
+    "learn-new": ("tether learn (header), new id", "tether", LEARN_PLUGIN, "learn-new"),
     "source-ip": ("tether source_ip", "tether", plugin(type="source_ip"), "plain"),
     # The floor of any proxy-wasm filter here: a module whose callbacks return at once
     # (bench/empty.wat), called back for every request like tether.

@@ -305,44 +305,13 @@ impl ResponseSessions {
             .map(<[u8]>::trim_ascii)
             .filter(|named| !named.is_empty() && *named != id);
         let verdict = verdict(pin, outcome, &self.routing);
-        let ended = match verdict {
-            Verdict::Hit if status == 404 => Some(EndReason::NotFound),
-            Verdict::Hit if ok && state.deletes => Some(EndReason::Deleted),
-            _ => None,
-        };
-        let mut action = self.decide(
-            state, pin, verdict, ended, other, ok, resp, store, now_ms, entropy,
-        );
-        // The client never sees the backend's own id: wherever the backend names the session
-        // (a client may take a session id from any response, the answer to its DELETE too) and
-        // no new envelope was sealed, the one the client sent goes back.
-        if let (true, Some(envelope)) = (named.is_some(), &state.envelope) {
-            if !action.ops.iter().any(|op| op.name() == self.header) {
-                action
-                    .ops
-                    .push(HeaderOp::set(&self.header, envelope.clone()));
-            }
-        }
-        action
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
-        &self,
-        state: &ResponseState,
-        pin: &Pin,
-        verdict: Verdict<'_>,
-        ended: Option<EndReason>,
-        other: Option<&[u8]>,
-        ok: bool,
-        resp: &mut dyn Response,
-        store: &dyn Store,
-        now_ms: u64,
-        entropy: &mut dyn Entropy,
-    ) -> ResponseAction<'_> {
-        let id = state.id.as_deref().unwrap_or_default();
-        match (verdict, ended) {
-            (Verdict::Hit, Some(reason)) => {
+        let mut action = match verdict {
+            Verdict::Hit if status == 404 || (ok && state.deletes) => {
+                let reason = if status == 404 {
+                    EndReason::NotFound
+                } else {
+                    EndReason::Deleted
+                };
                 let mut action = ResponseAction::new(Decision::Ended {
                     endpoint: pin.endpoint.clone(),
                     reason,
@@ -350,7 +319,7 @@ impl ResponseSessions {
                 self.forget(store, id, pin, now_ms, &mut action);
                 action
             }
-            (Verdict::Hit, None) => match other {
+            Verdict::Hit => match other {
                 Some(new_id) if ok && new_id.len() <= MAX_RESPONSE_ID_LEN => {
                     let fresh = Pin {
                         created_ms: now_ms,
@@ -365,7 +334,7 @@ impl ResponseSessions {
                 }
                 _ => self.hit(state, pin, store, now_ms),
             },
-            (Verdict::Moved { to }, _) if ok => {
+            Verdict::Moved { to } if ok => {
                 let moved = pin.moved(to, cluster_of(&self.routing, resp).as_deref(), now_ms);
                 let decision = Decision::Rebound {
                     from: pin.endpoint.clone(),
@@ -376,19 +345,30 @@ impl ResponseSessions {
             }
             // The pinned endpoint is gone and another answered as it does for a session it does
             // not know: the client starts a new one, load-balanced.
-            (Verdict::Moved { .. } | Verdict::LetGo, _) => {
+            Verdict::Moved { .. } | Verdict::LetGo => {
                 let mut action = ResponseAction::new(Decision::Dropped {
                     endpoint: pin.endpoint.clone(),
                 });
                 self.forget(store, id, pin, now_ms, &mut action);
                 action
             }
-            (Verdict::Refuse, _) => refusal(&self.routing, &pin.endpoint),
-            (Verdict::Kept { details }, _) => ResponseAction::new(Decision::Kept {
+            Verdict::Refuse => refusal(&self.routing, &pin.endpoint),
+            Verdict::Kept { details } => ResponseAction::new(Decision::Kept {
                 endpoint: pin.endpoint.clone(),
                 details: details.to_string(),
             }),
+        };
+        // The client never sees the backend's own id: wherever the backend names the session
+        // (a client may take a session id from any response, the answer to its DELETE too) and
+        // no new envelope was sealed, the one the client sent goes back.
+        if let (true, Some(envelope)) = (named.is_some(), &state.envelope) {
+            if !action.ops.iter().any(|op| op.name() == self.header) {
+                action
+                    .ops
+                    .push(HeaderOp::set(&self.header, envelope.clone()));
+            }
         }
+        action
     }
 
     /// A hit: this Envoy's record of the session's use is written when due.
