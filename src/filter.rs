@@ -12,7 +12,7 @@ use crate::http::{HeaderOp, Headers, Request, Response};
 use crate::metrics::{to_i64, Kind, Metric, Tally};
 use crate::plugin::{Plugin, Stream};
 use crate::secret::process_secret;
-use crate::table::{Store, StoreError};
+use crate::table::{Recent, SessionId, Store, StoreError};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -47,7 +47,13 @@ thread_local! {
     static METRIC_IDS: RefCell<Vec<(Metric, u32)>> = const { RefCell::new(Vec::new()) };
     /// This worker's random generator (token nonces), seeded from WASI's `random_get`.
     static RNG: RefCell<Csprng<SystemEntropy>> = const { RefCell::new(Csprng::new(SystemEntropy)) };
+    /// When this worker last knew sessions' records fresh: a hot session's requests skip the
+    /// shared-data read.
+    static RECENT: RefCell<Recent> = RefCell::new(Recent::new(RECENT_SLOTS));
 }
+
+/// Sessions each worker remembers (`Recent`); a fixed allocation per worker, whatever the flood.
+const RECENT_SLOTS: usize = 4096;
 
 fn count(metric: Metric, n: i64) {
     if n != 0 {
@@ -80,6 +86,14 @@ impl Store for SharedData {
             Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Failed),
         }
+    }
+
+    fn recall(&self, table: u64, id: &SessionId) -> Option<u64> {
+        RECENT.with(|r| r.borrow().recall(table, id))
+    }
+
+    fn remember(&self, table: u64, id: &SessionId, seen_ms: Option<u64>) {
+        RECENT.with(|r| r.borrow_mut().remember(table, id, seen_ms));
     }
 }
 

@@ -23,6 +23,7 @@ const FORMAT_VERSION: u8 = 3;
 
 use crate::pin::{Lifetimes, Pin};
 use std::fmt;
+use std::hash::Hasher;
 
 /// Bytes of a table id.
 pub const ID_LEN: usize = 16;
@@ -59,6 +60,55 @@ pub trait Store {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
     /// Writes `value` if the key's CAS number is still `cas` (`None`: unconditionally).
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+    /// This worker's memory (`Recent`) of when the record of `id` in the table `table` was
+    /// last known fresh. A store whose reads cost little keeps none.
+    fn recall(&self, _table: u64, _id: &SessionId) -> Option<u64> {
+        None
+    }
+    /// Remembers (`Some`) or forgets (`None`) when the record of `id` was last known fresh.
+    fn remember(&self, _table: u64, _id: &SessionId, _seen_ms: Option<u64>) {}
+}
+
+/// One worker's memory of when it last read or wrote a session's record, so that a session
+/// coming back often skips the shared-data read (a host call that copies a bucket) while its
+/// record is known to be fresh. A lower bound only: another worker may have seen the session
+/// since, never less recently. Fixed size, one entry per slot: a flood only costs reads.
+pub struct Recent {
+    slots: Vec<Option<(u64, SessionId, u64)>>,
+}
+
+impl Recent {
+    pub fn new(slots: usize) -> Recent {
+        Recent {
+            slots: vec![None; slots.max(1)],
+        }
+    }
+
+    fn slot(&self, table: u64, id: &SessionId) -> usize {
+        // Ids are keyed-PRF output: uniform bits, and no client can aim at a slot.
+        let index = id.bucket(u64::MAX) ^ table;
+        usize::try_from(index % self.slots.len() as u64).unwrap_or_default()
+    }
+
+    pub fn recall(&self, table: u64, id: &SessionId) -> Option<u64> {
+        match self.slots.get(self.slot(table, id)) {
+            Some(Some((t, i, seen))) if *t == table && i == id => Some(*seen),
+            _ => None,
+        }
+    }
+
+    pub fn remember(&mut self, table: u64, id: &SessionId, seen_ms: Option<u64>) {
+        let index = self.slot(table, id);
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        match seen_ms {
+            Some(seen) => *slot = Some((table, *id, seen)),
+            // Forgetting leaves another session's entry in the slot alone.
+            None if matches!(slot, Some((t, i, _)) if *t == table && i == id) => *slot = None,
+            None => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,17 +183,33 @@ pub struct BindingTable {
     prefix: String,
     buckets: u64,
     lifetimes: Lifetimes,
+    /// The table's name in a worker's `Recent` memory.
+    tag: u64,
 }
 
 impl BindingTable {
     /// A table for one session name, holding about `shape.capacity` bindings.
     pub fn new(session_name: &str, shape: TableShape) -> Self {
         let buckets = shape.capacity.div_ceil(SLOTS_PER_BUCKET).max(1) as u64;
+        let prefix = format!("tether/v{FORMAT_VERSION}/{session_name}/{buckets}/");
+        let mut tag = fnv::FnvHasher::default();
+        tag.write(prefix.as_bytes());
         BindingTable {
-            prefix: format!("tether/v{FORMAT_VERSION}/{session_name}/{buckets}/"),
+            tag: tag.finish(),
+            prefix,
             buckets,
             lifetimes: shape.lifetimes,
         }
+    }
+
+    /// When this worker last knew the record of `id` fresh, if it remembers.
+    pub fn recall(&self, store: &dyn Store, id: &SessionId) -> Option<u64> {
+        store.recall(self.tag, id)
+    }
+
+    /// This worker now knows the record of `id` fresh at `seen_ms` (`None`: gone).
+    pub fn remember(&self, store: &dyn Store, id: &SessionId, seen_ms: Option<u64>) {
+        store.remember(self.tag, id, seen_ms);
     }
 
     pub fn lifetimes(&self) -> Lifetimes {
@@ -426,6 +492,37 @@ mod tests {
 
     fn id(n: u8) -> SessionId {
         SessionId([n; ID_LEN])
+    }
+
+    #[test]
+    fn a_workers_memory_is_fixed_in_size_and_never_confuses_sessions() {
+        let mut r = Recent::new(4);
+        r.remember(1, &id(1), Some(10));
+        assert_eq!(r.recall(1, &id(1)), Some(10));
+        assert_eq!(
+            r.recall(2, &id(1)),
+            None,
+            "another table's session of the same id"
+        );
+        assert_eq!(r.recall(1, &id(2)), None);
+        // Many more sessions than slots: each remembered one is itself or forgotten, never
+        // another's time.
+        for n in 0..200u8 {
+            r.remember(1, &id(n), Some(u64::from(n) + 1_000));
+        }
+        assert_eq!(r.slots.len(), 4);
+        let kept: Vec<u8> = (0..200u8)
+            .filter(|n| r.recall(1, &id(*n)).is_some())
+            .collect();
+        assert!(!kept.is_empty() && kept.len() <= 4, "{kept:?}");
+        for n in kept {
+            assert_eq!(r.recall(1, &id(n)), Some(u64::from(n) + 1_000));
+            // Forgetting another session that shares the slot leaves this one alone.
+            r.remember(9, &id(n), None);
+            assert!(r.recall(1, &id(n)).is_some());
+            r.remember(1, &id(n), None);
+            assert_eq!(r.recall(1, &id(n)), None);
+        }
     }
 
     fn table(capacity: usize, lifetimes: Lifetimes) -> BindingTable {

@@ -3,7 +3,7 @@
 //! and requests and responses as the adapter would hand them over.
 
 use crate::http::{Headers, Request, Response};
-use crate::table::{Store, StoreError};
+use crate::table::{Recent, SessionId, Store, StoreError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -21,6 +21,18 @@ pub struct FakeStore {
     pub refuse_writes: Cell<bool>,
     pub sets: Cell<usize>,
     pub gets: Cell<usize>,
+    /// A worker's memory of fresh records, as the module keeps one (`FakeStore::remembering`).
+    pub memory: RefCell<Option<Recent>>,
+}
+
+impl FakeStore {
+    /// A store that also remembers fresh records, like the module's per-worker memory.
+    pub fn remembering(slots: usize) -> FakeStore {
+        FakeStore {
+            memory: RefCell::new(Some(Recent::new(slots))),
+            ..FakeStore::default()
+        }
+    }
 }
 
 impl Store for FakeStore {
@@ -50,6 +62,16 @@ impl Store for FakeStore {
         self.next_cas.set(self.next_cas.get() + 1);
         data.insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
         Ok(())
+    }
+
+    fn recall(&self, table: u64, id: &SessionId) -> Option<u64> {
+        self.memory.borrow().as_ref()?.recall(table, id)
+    }
+
+    fn remember(&self, table: u64, id: &SessionId, seen_ms: Option<u64>) {
+        if let Some(memory) = self.memory.borrow_mut().as_mut() {
+            memory.remember(table, id, seen_ms);
+        }
     }
 }
 

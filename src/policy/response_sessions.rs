@@ -173,17 +173,21 @@ impl ResponseSessions {
             None if value.len() > MAX_RESPONSE_ID_LEN => Found::New(Miss::TooLong),
             None => {
                 let id: Rc<[u8]> = Rc::from(value);
+                let key = self.id_of(&id);
                 let found = match self
                     .table
                     .as_ref()
-                    .map(|t| t.lookup(store, &self.id_of(&id), now_ms))
+                    .map(|t| (t, t.lookup(store, &key, now_ms)))
                 {
-                    Some(Lookup::Live(b)) => {
+                    Some((table, Lookup::Live(b))) => {
+                        // For the end of its stream (the lookup itself is not skipped: the
+                        // binding is the session, and another worker may have moved it).
+                        table.remember(store, &key, Some(b.pin.last_seen_ms));
                         state.returned = b.returned;
                         Found::Pinned(b.pin)
                     }
-                    Some(Lookup::Expired(_)) => Found::New(Miss::Expired),
-                    Some(Lookup::Unknown) | None => Found::New(Miss::Unknown),
+                    Some((_, Lookup::Expired(_))) => Found::New(Miss::Expired),
+                    Some((_, Lookup::Unknown)) | None => Found::New(Miss::Unknown),
                 };
                 state.id = Some(id);
                 found
@@ -220,8 +224,18 @@ impl ResponseSessions {
             let expired = self.lifetimes.is_expired(&pin, now_ms);
             return (pin, expired);
         };
-        match table.lookup(store, &self.id_of(id), now_ms) {
+        let key = self.id_of(id);
+        // A record this worker knows fresh cannot have expired, and is not due to be written:
+        // the request costs no shared-data read.
+        if let Some(seen) = table.recall(store, &key) {
+            let seen = pin.seen(seen);
+            if !self.lifetimes.touch_due(&seen, now_ms, Some(LRU_TOUCH_MS)) {
+                return (seen, false);
+            }
+        }
+        match table.lookup(store, &key, now_ms) {
             Lookup::Live(b) if b.pin.endpoint == pin.endpoint => {
+                table.remember(store, &key, Some(b.pin.last_seen_ms));
                 (pin.seen(b.pin.last_seen_ms), false)
             }
             Lookup::Expired(b) if b.pin.endpoint == pin.endpoint => {
@@ -424,6 +438,7 @@ impl ResponseSessions {
             _ => return,
         };
         if let Ok(r) = report {
+            table.remember(store, &key, Some(now_ms));
             action.writes.add(&r);
         }
     }
@@ -437,7 +452,9 @@ impl ResponseSessions {
         action: &mut ResponseAction<'_>,
     ) {
         if let Some(table) = &self.table {
-            if let Ok(r) = table.remove(store, &self.id_of(id), &pin.endpoint, now_ms) {
+            let key = self.id_of(id);
+            table.remember(store, &key, None);
+            if let Ok(r) = table.remove(store, &key, &pin.endpoint, now_ms) {
                 action.writes.add(&r);
             }
         }
@@ -476,7 +493,10 @@ impl ResponseSessions {
                 returned,
             };
             match table.put(store, &binding, now_ms) {
-                Ok(r) => action.writes.add(&r),
+                Ok(r) => {
+                    table.remember(store, &binding.id, Some(pin.last_seen_ms));
+                    action.writes.add(&r);
+                }
                 // An envelope pins without the record; a table binding is the session.
                 Err(e) if self.sealer.is_none() => action.decision = Decision::WriteFailed(e),
                 Err(_) => {}
@@ -500,8 +520,20 @@ impl ResponseSessions {
         if !self.watches_stream_end() {
             return 0;
         }
-        table
-            .touch(store, &self.id_of(id), &pin.endpoint, now_ms)
-            .map_or(0, |r| r.cas_retries)
+        let key = self.id_of(id);
+        // Most streams end within the touch interval of the record's last write (their own
+        // request's, or a recent one's): the record is fresh enough, and nothing is written.
+        if let Some(seen) = table.recall(store, &key) {
+            if !self.lifetimes.touch_due(&pin.seen(seen), now_ms, None) {
+                return 0;
+            }
+        }
+        match table.touch(store, &key, &pin.endpoint, now_ms) {
+            Ok(r) => {
+                table.remember(store, &key, Some(now_ms));
+                r.cas_retries
+            }
+            Err(_) => 0,
+        }
     }
 }

@@ -402,8 +402,17 @@ fn replicas_with_the_same_keys_route_alike_and_rotation_keeps_sessions() {
 /// Issue #13, item 5: an open stream is activity; the idle clock counts from its end.
 #[test]
 fn a_long_stream_keeps_its_session_and_the_idle_clock_counts_from_its_end() {
+    // With and without a worker's memory of fresh records: it saves reads, never a session.
+    for store in [FakeStore::default(), FakeStore::remembering(64)] {
+        long_stream_keeps_its_session(store);
+    }
+    // Without an idle timeout nothing is stored and nothing watches the stream.
+    let plain = plugin(MCP);
+    assert_eq!(plain.tables().count(), 0);
+}
+
+fn long_stream_keeps_its_session(store: FakeStore) {
     let p = plugin(&MCP.replace('}', r#", "idle_timeout": "10s"}"#));
-    let store = FakeStore::default();
     for table in p.tables() {
         table.prepare(&store).unwrap();
     }
@@ -442,9 +451,87 @@ fn a_long_stream_keeps_its_session_and_the_idle_clock_counts_from_its_end() {
         50_001,
     );
     assert_eq!(x.pinned_to(), Some(A));
-    // Without an idle timeout nothing is stored and nothing watches the stream.
-    let plain = plugin(MCP);
-    assert_eq!(plain.tables().count(), 0);
+}
+
+/// A session that comes back often costs no shared-data read while this worker knows its
+/// record fresh, and its short requests' ends write nothing; idle expiry is the same.
+#[test]
+fn a_hot_envelope_session_skips_the_shared_data_read() {
+    let p = plugin(&MCP.replace('}', r#", "idle_timeout": "40s"}"#));
+    let store = FakeStore::remembering(64);
+    let cold = FakeStore::default();
+    for table in p.tables() {
+        table.prepare(&store).unwrap();
+        table.prepare(&cold).unwrap();
+    }
+    let env = initialize(&p, &store, A, "s1", 0);
+    assert_eq!(initialize(&p, &cold, A, "s1", 0).len(), env.len());
+    let (gets, sets) = (store.gets.get(), store.sets.get());
+    let (cold_gets, cold_sets) = (cold.gets.get(), cold.sets.get());
+    // The touch interval is a quarter of the idle timeout: 10 s.
+    for now in (1_000..10_000).step_by(1_000) {
+        for s in [&store, &cold] {
+            let plan = p.on_request(None, &mut call(&env), s, now);
+            let stream = plan.stream.unwrap();
+            assert!(matches!(stream.state.found(), Found::Pinned(pin) if &*pin.endpoint == A));
+            p.on_response(
+                &stream,
+                &mut FakeResponse::ok(A),
+                s,
+                now,
+                &mut SystemEntropy,
+            );
+            p.on_stream_end(&stream, s, now + 5);
+        }
+    }
+    assert_eq!(
+        (store.gets.get(), store.sets.get()),
+        (gets, sets),
+        "no read, no write"
+    );
+    assert!(
+        cold.gets.get() >= cold_gets + 9 * 2,
+        "without the memory: reads every request"
+    );
+    assert!(
+        cold.sets.get() >= cold_sets + 9,
+        "and a write at every stream's end"
+    );
+    // Past the interval the record is read and written again.
+    let x = exchange(&p, &store, call(&env), FakeResponse::ok(A), 10_500);
+    assert_eq!(x.pinned_to(), Some(A));
+    assert!(store.gets.get() > gets && store.sets.get() > sets);
+    // Idle 40 s after that write: expired, memory or not.
+    let x = exchange(&p, &store, call(&env), FakeResponse::ok(A), 50_500);
+    assert_eq!(x.found, Found::New(Miss::Expired));
+    // A DELETE's end is forgotten too: the next request reads the store.
+    let env = initialize(&p, &store, B, "s2", 60_000);
+    let gets = store.gets.get();
+    let x = exchange(
+        &p,
+        &store,
+        FakeRequest::method("DELETE", "/mcp").header(H, &env),
+        FakeResponse::ok(B),
+        61_000,
+    );
+    assert!(
+        matches!(x.decision, Decision::Ended { .. }),
+        "{:?}",
+        x.decision
+    );
+    let gets_after_delete = store.gets.get();
+    assert!(gets_after_delete > gets);
+    exchange(
+        &p,
+        &store,
+        call(&env),
+        FakeResponse::new(404, Some(B)),
+        62_000,
+    );
+    assert!(
+        store.gets.get() > gets_after_delete,
+        "forgotten: read again"
+    );
 }
 
 #[test]
