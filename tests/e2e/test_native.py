@@ -5,7 +5,7 @@ cluster, and refuses a bad configuration naming the field. The symbol test holds
 ABI declarations to the Envoy binary the project installs."""
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import os
 import re
@@ -61,31 +61,48 @@ def search_path():
         yield
 
 
-@pytest.fixture(scope="module")
-def native(tmp_path_factory, search_path):
-    """Three backends and one Envoy running envoy/native.yaml; always stopped."""
-    workdir = tmp_path_factory.mktemp("native")
-    backends = [Backend(f"backend-{i}", workdir) for i in (1, 2, 3)]
+@contextlib.contextmanager
+def native_stack(workdir: Path, plugin_config=None):
+    """Three backends and one Envoy running envoy/native.yaml: (envoy, backends by name); all
+    stopped, always; Envoy must have stayed up with no panic or critical line."""
+    backends = {f"backend-{i}": Backend(f"backend-{i}", workdir) for i in (1, 2, 3)}
     envoy = None
     try:
-        for b in backends:
+        for b in backends.values():
             b.start()
-        ports = [b.port for b in backends]
+        ports = [b.port for b in backends.values()]
         envoy = Envoy(workdir, ports, log_args=LOG_ARGS,
-                      config=native_config(harness.free_port(), harness.free_port(), ports))
+                      config=native_config(harness.free_port(), harness.free_port(), ports,
+                                           plugin_config))
         harness.ACTIVE_ENVOYS.append(envoy)
         envoy.start()
-        yield envoy
-        problems = [l for l in envoy.bad_log_lines()]
+        yield envoy, backends
         assert envoy.alive(), "envoy died"
-        assert problems == [], problems
+        assert envoy.bad_log_lines() == []
     finally:
         if envoy is not None:
             envoy.stop()
             if envoy in harness.ACTIVE_ENVOYS:
                 harness.ACTIVE_ENVOYS.remove(envoy)
-        for b in backends:
+        for b in backends.values():
             b.stop()
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory, search_path):
+    """The shipped configuration, shared by the tests of this module that only send requests."""
+    with native_stack(tmp_path_factory.mktemp("native")) as (envoy, _):
+        yield envoy
+
+
+def pin_and_kill(envoy: Envoy, backends: dict[str, Backend]) -> tuple[Client, str]:
+    """A client pinned to an endpoint (3 requests there), and that endpoint killed."""
+    client = Client(envoy.port)
+    pinned = client.request("/").backend
+    for _ in range(3):
+        assert client.request("/").backend == pinned
+    backends[pinned].kill()
+    return client, pinned
 
 
 def test_envoy_reports_the_abi_version_matched(native):
@@ -153,6 +170,55 @@ def test_sessions_on_several_endpoints_each_stay(native):
     finally:
         for c in pinned.values():
             c.close()
+
+
+def test_a_session_whose_endpoint_died_moves_with_no_failed_request(tmp_path):
+    # The retry after the failed connection goes to another endpoint of the round-robin cluster,
+    # and tether re-binds the session there.
+    with native_stack(tmp_path) as (envoy, backends):
+        client, dead = pin_and_kill(envoy, backends)
+        try:
+            moved = client.request("/")
+            assert moved.status == 200 and moved.backend != dead, moved
+            assert moved.set_cookie(harness.COOKIE) is not None, moved
+            for _ in range(5):
+                assert client.request("/").backend == moved.backend
+        finally:
+            client.close()
+        assert "decision=rebind" in envoy.log()
+
+
+def test_a_strict_session_is_refused_when_its_endpoint_died(tmp_path):
+    plugin = {"type": "cookie", "on_unavailable": "strict", "retry_after": "2s"}
+    with native_stack(tmp_path, plugin) as (envoy, backends):
+        client, _ = pin_and_kill(envoy, backends)
+        try:
+            for _ in range(3):
+                r = client.request("/")
+                assert r.status == 503, r
+                assert r.header("retry-after") == ["2"], r
+                assert r.body == b"session endpoint unavailable\n"
+        finally:
+            client.close()
+        assert "decision=strict_refusal" in envoy.log()
+
+
+def test_a_route_named_in_the_config_gets_its_own_policy(tmp_path):
+    # Envoy's route name (`xds.route_name`) picks the route's policy: source_ip, which keeps its
+    # sessions in the process-wide binding table and reads the client's address.
+    plugin = {"type": "cookie", "routes": {"app": {"type": "source_ip", "session_name": "src"}}}
+    with native_stack(tmp_path, plugin) as (envoy, _):
+        seen = set()
+        for _ in range(6):
+            client = Client(envoy.port, fresh=True)
+            try:
+                r = client.request("/")
+            finally:
+                client.close()
+            assert r.status == 200 and r.set_cookies == [], r
+            seen.add(r.backend)
+        assert len(seen) == 1, seen
+        assert "binding table ready" in envoy.log()
 
 
 def test_metrics_carry_the_same_names(native):
