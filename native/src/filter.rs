@@ -358,3 +358,115 @@ impl Filter for TetherFilter {
         self.flush(envoy);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::new_config;
+    use tether_abi::fake_host::{self, with_host};
+    use tether_abi::sys::attribute_id;
+    use tether_abi::{Filter, Status};
+
+    fn pairs(p: &[(&str, &str)]) -> fake_host::Pairs {
+        p.iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// One stream through the filter: its request and response headers; returns the response
+    /// headers tether left.
+    fn stream(filter: &mut dyn Filter, request: &[(&str, &str)]) -> fake_host::Pairs {
+        let mut envoy = fake_host::filter();
+        with_host(|h| {
+            h.request = pairs(request);
+            h.response = pairs(&[(":status", "200")]);
+            h.attributes = vec![(attribute_id::UPSTREAM_ADDRESS, b"127.0.0.1:8081".to_vec())];
+            h.override_host = None;
+        });
+        assert_eq!(
+            filter.on_request_headers(&mut envoy, true),
+            Status::Continue
+        );
+        assert_eq!(
+            filter.on_response_headers(&mut envoy, true),
+            Status::Continue
+        );
+        filter.on_stream_complete(&mut envoy);
+        with_host(|h| h.response.clone())
+    }
+
+    #[test]
+    fn a_returning_session_is_pinned_by_the_override_call_not_a_header() {
+        fake_host::reset();
+        let config = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"type": "cookie"}"#,
+        )
+        .unwrap();
+        let mut first = config.new_filter(&mut fake_host::filter()).unwrap();
+        let response = stream(first.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        let cookie = response
+            .iter()
+            .find(|(k, _)| k == b"set-cookie")
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+            .unwrap();
+        let token = cookie.split(';').next().unwrap().to_string();
+        assert!(token.starts_with("tether="), "{cookie}");
+        assert_eq!(fake_host::metric("tether_sessions_issued"), Some(1));
+
+        let mut again = config.new_filter(&mut fake_host::filter()).unwrap();
+        let forged = ("x-tether-host", "10.0.0.1:1");
+        stream(
+            again.as_mut(),
+            &[
+                (":method", "GET"),
+                (":path", "/"),
+                ("cookie", &token),
+                forged,
+            ],
+        );
+        with_host(|h| {
+            assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), false)));
+            assert!(h.request.iter().all(|(k, _)| k != b"x-tether-host"));
+        });
+        assert_eq!(fake_host::metric("tether_hits"), Some(1));
+        assert_eq!(fake_host::metric("tether_forged_headers_removed"), Some(1));
+    }
+
+    #[test]
+    fn strict_sessions_ask_for_the_strict_override() {
+        fake_host::reset();
+        let json = br#"{"type": "cookie", "on_unavailable": "strict"}"#;
+        let config = new_config(&mut fake_host::config(), b"tether", json).unwrap();
+        let mut first = config.new_filter(&mut fake_host::filter()).unwrap();
+        let response = stream(first.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        let (_, cookie) = response.iter().find(|(k, _)| k == b"set-cookie").unwrap();
+        let token = String::from_utf8_lossy(cookie);
+        let token = token.split(';').next().unwrap();
+        let mut again = config.new_filter(&mut fake_host::filter()).unwrap();
+        stream(
+            again.as_mut(),
+            &[(":method", "GET"), (":path", "/"), ("cookie", token)],
+        );
+        with_host(|h| assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), true))));
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_in_one_line_naming_the_field() {
+        fake_host::reset();
+        tether_abi::program_init(new_config);
+        let refused = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"cookie": {"same_site": "sideways"}}"#,
+        );
+        assert!(refused.is_none());
+        let logs = with_host(|h| h.logs.clone());
+        let lines: Vec<_> = logs
+            .iter()
+            .filter(|(_, m)| m.starts_with("tether: invalid plugin configuration"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{logs:?}");
+        assert!(lines[0].1.contains("cookie.same_site"), "{lines:?}");
+    }
+}
