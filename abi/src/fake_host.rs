@@ -1,0 +1,377 @@
+//! A stand-in for Envoy's side of the callbacks `sys` declares, in the test binary only (feature
+//! `fake-host`): one stream's header maps, attributes and what the module asked for, kept per
+//! thread. The safe API and the adapter above it are tested against it without Envoy. It follows
+//! the ABI's documented behaviour where tether depends on it: `set_header` with an empty or null
+//! value removes the header, `add_header` refuses an empty value, `get_header` reports the count.
+
+use crate::sys::{EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
+use crate::{ConfigHandle, EnvoyFilter};
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What one fake stream holds and what the module did to it.
+#[derive(Debug, Default)]
+pub struct Host {
+    pub request: Pairs,
+    pub response: Pairs,
+    pub attributes: Vec<(u32, Vec<u8>)>,
+    pub cluster: Option<Vec<u8>>,
+    pub override_host: Option<(String, bool)>,
+    pub route_cache_cleared: usize,
+    /// (status, headers, body, details) of the last local reply.
+    pub sent: Option<(u32, Pairs, Vec<u8>, Vec<u8>)>,
+    /// Defined metrics by id: (name, value); gauges may go below zero.
+    pub metrics: Vec<(String, i64)>,
+    pub logs: Vec<(u32, String)>,
+    /// Lines below this level are not enabled.
+    pub log_level: u32,
+}
+
+thread_local! {
+    static HOST: RefCell<Host> = RefCell::new(Host::default());
+}
+
+/// Starts a fresh stream on this thread.
+pub fn reset() {
+    HOST.with(|h| *h.borrow_mut() = Host::default());
+}
+
+pub fn with_host<T>(f: impl FnOnce(&mut Host) -> T) -> T {
+    HOST.with(|h| f(&mut h.borrow_mut()))
+}
+
+/// The metric's value by name.
+pub fn metric(name: &str) -> Option<i64> {
+    with_host(|h| h.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+}
+
+/// A handle on the fake stream (its pointer is never dereferenced).
+pub fn filter<'a>() -> EnvoyFilter<'a> {
+    EnvoyFilter {
+        ptr: std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+        _hook: PhantomData,
+    }
+}
+
+/// A handle on the fake configuration.
+pub fn config<'a>() -> ConfigHandle<'a> {
+    ConfigHandle {
+        ptr: std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+        _hook: PhantomData,
+    }
+}
+
+/// # Safety
+/// `b` must be null or point at `b.length` readable bytes.
+unsafe fn bytes(b: ModuleBuffer) -> Option<Vec<u8>> {
+    if b.ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { std::slice::from_raw_parts(b.ptr.cast::<u8>(), b.length) }.to_vec())
+}
+
+fn map(h: &mut Host, header_type: u32) -> Option<&mut Pairs> {
+    match header_type {
+        crate::sys::header_type::REQUEST_HEADER => Some(&mut h.request),
+        crate::sys::header_type::RESPONSE_HEADER => Some(&mut h.response),
+        _ => None,
+    }
+}
+
+fn envoy_buffer(v: &[u8]) -> EnvoyBuffer {
+    EnvoyBuffer {
+        ptr: v.as_ptr().cast(),
+        length: v.len(),
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer) {
+    // SAFETY: the module passes its own live bytes.
+    let text = unsafe { bytes(message) }.unwrap_or_default();
+    with_host(|h| {
+        h.logs
+            .push((level, String::from_utf8_lossy(&text).into_owned()))
+    });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool {
+    with_host(|h| level >= h.log_level)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_header(
+    _filter: *mut c_void,
+    header_type: u32,
+    key: ModuleBuffer,
+    result: *mut EnvoyBuffer,
+    index: usize,
+    optional_size: *mut usize,
+) -> bool {
+    // SAFETY: the module passes its own live key bytes.
+    let key = unsafe { bytes(key) }.unwrap_or_default();
+    with_host(|h| {
+        let Some(m) = map(h, header_type) else {
+            return false;
+        };
+        let values: Vec<&Vec<u8>> = m
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .collect();
+        if !optional_size.is_null() {
+            // SAFETY: a non-null out-pointer from the module.
+            unsafe { *optional_size = values.len() };
+        }
+        let found = values.get(index).map(|v| envoy_buffer(v));
+        // SAFETY: the module's valid out-pointer; the bytes live in HOST until it changes.
+        unsafe { *result = found.unwrap_or(EnvoyBuffer::EMPTY) };
+        found.is_some()
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_headers_size(
+    _filter: *mut c_void,
+    header_type: u32,
+) -> usize {
+    with_host(|h| map(h, header_type).map_or(0, |m| m.len()))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_headers(
+    _filter: *mut c_void,
+    header_type: u32,
+    result: *mut EnvoyHttpHeader,
+) -> bool {
+    with_host(|h| {
+        let Some(m) = map(h, header_type) else {
+            return false;
+        };
+        for (i, (k, v)) in m.iter().enumerate() {
+            // SAFETY: the module sized the array with `get_headers_size`.
+            unsafe {
+                *result.add(i) = EnvoyHttpHeader {
+                    key_ptr: k.as_ptr().cast(),
+                    key_length: k.len(),
+                    value_ptr: v.as_ptr().cast(),
+                    value_length: v.len(),
+                }
+            };
+        }
+        true
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_header(
+    _filter: *mut c_void,
+    header_type: u32,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
+    // SAFETY: the module's own live bytes (or null).
+    let (key, value) = unsafe { (bytes(key).unwrap_or_default(), bytes(value)) };
+    with_host(|h| {
+        let Some(m) = map(h, header_type) else {
+            return false;
+        };
+        m.retain(|(k, _)| *k != key);
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            m.push((key, v));
+        }
+        true
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_add_header(
+    _filter: *mut c_void,
+    header_type: u32,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
+    // SAFETY: the module's own live bytes (or null).
+    let (key, value) = unsafe { (bytes(key).unwrap_or_default(), bytes(value)) };
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return false;
+    };
+    with_host(|h| match map(h, header_type) {
+        Some(m) => {
+            m.push((key, value));
+            true
+        }
+        None => false,
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_send_response(
+    _filter: *mut c_void,
+    status_code: u32,
+    headers: *mut ModuleHttpHeader,
+    headers_size: usize,
+    body: ModuleBuffer,
+    details: ModuleBuffer,
+) {
+    let mut pairs = Vec::new();
+    for i in 0..headers_size {
+        // SAFETY: the module passes an array of `headers_size` live headers.
+        let h = unsafe { *headers.add(i) };
+        let k = ModuleBuffer {
+            ptr: h.key_ptr,
+            length: h.key_length,
+        };
+        let v = ModuleBuffer {
+            ptr: h.value_ptr,
+            length: h.value_length,
+        };
+        // SAFETY: each header's bytes are the module's and live during the call.
+        pairs.push(unsafe { (bytes(k).unwrap_or_default(), bytes(v).unwrap_or_default()) });
+    }
+    // SAFETY: the module's own live bytes.
+    let (body, details) = unsafe { (bytes(body), bytes(details)) };
+    with_host(|h| {
+        h.sent = Some((
+            status_code,
+            pairs,
+            body.unwrap_or_default(),
+            details.unwrap_or_default(),
+        ))
+    });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+    _filter: *mut c_void,
+    attribute_id: u32,
+    result: *mut EnvoyBuffer,
+) -> bool {
+    with_host(|h| {
+        let found = h
+            .attributes
+            .iter()
+            .find(|(id, _)| *id == attribute_id)
+            .map(|(_, v)| envoy_buffer(v));
+        // SAFETY: the module's valid out-pointer.
+        unsafe { *result = found.unwrap_or(EnvoyBuffer::EMPTY) };
+        found.is_some()
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_cluster_name(
+    _filter: *mut c_void,
+    result: *mut EnvoyBuffer,
+) -> bool {
+    with_host(|h| {
+        let found = h.cluster.as_deref().map(envoy_buffer);
+        // SAFETY: the module's valid out-pointer.
+        unsafe { *result = found.unwrap_or(EnvoyBuffer::EMPTY) };
+        found.is_some()
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_upstream_override_host(
+    _filter: *mut c_void,
+    host: ModuleBuffer,
+    strict: bool,
+) -> bool {
+    // SAFETY: the module's own live bytes.
+    let host = unsafe { bytes(host) }.unwrap_or_default();
+    let host = String::from_utf8_lossy(&host).into_owned();
+    // Envoy takes IP literals only.
+    if host.parse::<std::net::SocketAddr>().is_err() {
+        return false;
+    }
+    with_host(|h| h.override_host = Some((host, strict)));
+    true
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_clear_route_cache(_filter: *mut c_void) {
+    with_host(|h| h.route_cache_cleared += 1);
+}
+
+fn define(name: ModuleBuffer, id: *mut usize) -> u32 {
+    // SAFETY: the module's own live bytes.
+    let name = unsafe { bytes(name) }.unwrap_or_default();
+    with_host(|h| {
+        h.metrics
+            .push((String::from_utf8_lossy(&name).into_owned(), 0));
+        // SAFETY: the module's valid out-pointer.
+        unsafe { *id = h.metrics.len() - 1 };
+    });
+    crate::sys::METRICS_SUCCESS
+}
+
+fn bump(id: usize, delta: i64) -> u32 {
+    with_host(|h| match h.metrics.get_mut(id) {
+        Some((_, v)) => {
+            *v += delta;
+            crate::sys::METRICS_SUCCESS
+        }
+        None => 1,
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+    _config: *mut c_void,
+    name: ModuleBuffer,
+    _label_names: *mut ModuleBuffer,
+    _label_names_length: usize,
+    id: *mut usize,
+) -> u32 {
+    define(name, id)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+    _config: *mut c_void,
+    name: ModuleBuffer,
+    _label_names: *mut ModuleBuffer,
+    _label_names_length: usize,
+    id: *mut usize,
+) -> u32 {
+    define(name, id)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
+    _filter: *mut c_void,
+    id: usize,
+    _label_values: *mut ModuleBuffer,
+    _label_values_length: usize,
+    value: u64,
+) -> u32 {
+    bump(id, i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+    _filter: *mut c_void,
+    id: usize,
+    _label_values: *mut ModuleBuffer,
+    _label_values_length: usize,
+    value: u64,
+) -> u32 {
+    bump(id, i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+    _filter: *mut c_void,
+    id: usize,
+    _label_values: *mut ModuleBuffer,
+    _label_values_length: usize,
+    value: u64,
+) -> u32 {
+    bump(id, -i64::try_from(value).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,475 @@
+//! Envoy 1.40's dynamic-module ABI (v0.2.0) as tether uses it, declared here (Envoy's own Rust
+//! SDK is built against Envoy's source tree and is not published), behind a safe API: a module
+//! implements `FilterConfig` and `Filter`, names its configuration factory with
+//! `declare_module!`, and never touches a raw pointer.
+//!
+//! Every hook Envoy calls catches a panic (the native profile unwinds): the request goes on as if
+//! the module had not been there, and the panic is logged and counted (`panics_caught`). A panic
+//! must never unwind into Envoy's C++ frames.
+
+// The only crate of tether where `unsafe` is allowed: the FFI declarations, the exported hooks
+// and the conversions of Envoy's pointers. Each block says why it holds (clippy enforces it).
+#![allow(unsafe_code)]
+
+mod hooks;
+pub(crate) mod logger;
+pub mod sys;
+
+#[cfg(any(test, feature = "fake-host"))]
+pub mod fake_host;
+
+use std::ffi::c_char;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+pub use logger::log_critical;
+
+/// The ABI version this module is written against; Envoy logs "Dynamic module ABI version
+/// v0.2.0 matched." when it is the one Envoy speaks.
+pub const ABI_VERSION: &str = "v0.2.0";
+const ABI_VERSION_C: &[u8] = b"v0.2.0\0";
+
+/// Makes a filter configuration from the filter's name and its configuration bytes (the
+/// `filter_config` Envoy was given); `None` refuses the configuration, and Envoy with it.
+pub type NewConfig =
+    fn(config: &mut ConfigHandle<'_>, name: &[u8], bytes: &[u8]) -> Option<Box<dyn FilterConfig>>;
+
+static NEW_CONFIG: OnceLock<NewConfig> = OnceLock::new();
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many panics the hooks have caught in this process.
+pub fn panics_caught() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
+/// The module's `envoy_dynamic_module_on_program_init`: Envoy calls it once, when it loads the
+/// library. Use `declare_module!`, which exports it.
+pub fn program_init(new_config: NewConfig) -> *const c_char {
+    logger::install();
+    std::panic::set_hook(Box::new(|info| {
+        log_critical(&format!("tether: panic: {info}"));
+    }));
+    // A second call (Envoy loads a library once per process) keeps the first factory.
+    let _ = NEW_CONFIG.set(new_config);
+    ABI_VERSION_C.as_ptr().cast()
+}
+
+/// Exports `envoy_dynamic_module_on_program_init`, which registers `$new_config` (a `NewConfig`)
+/// as the module's configuration factory. Exporting a symbol is an unsafe attribute: invoke it
+/// inside a module that allows `unsafe_code`, the one such line of the adapter.
+#[macro_export]
+macro_rules! declare_module {
+    ($new_config:path) => {
+        #[no_mangle]
+        pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const ::std::ffi::c_char {
+            $crate::program_init($new_config)
+        }
+    };
+}
+
+/// Runs a hook's body; `None` when it panicked (logged and counted).
+fn caught<T>(hook: &str, body: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            let n = PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+            log_critical(&format!(
+                "tether: a panic in {hook} was caught; the request goes on without tether ({n} so far)"
+            ));
+            None
+        }
+    }
+}
+
+/// Runs a hook's body; a panic becomes `fallback`.
+fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
+    caught(hook, body).unwrap_or(fallback)
+}
+
+/// One filter configuration, shared by every worker thread.
+pub trait FilterConfig: Send + Sync {
+    /// The filter of a new stream; `None`: this stream goes on without one.
+    fn new_filter(&self, envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>>;
+}
+
+/// What a phase hook tells Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Continue,
+    /// Stop the filter chain here (after a local reply replaced the response).
+    Stop,
+}
+
+impl Status {
+    fn code(self) -> u32 {
+        match self {
+            Status::Continue => sys::STATUS_CONTINUE,
+            Status::Stop => sys::STATUS_STOP_ITERATION,
+        }
+    }
+}
+
+/// One stream's filter, on the worker thread that runs the stream. Each phase defaults to
+/// "continue, unchanged".
+pub trait Filter {
+    fn on_request_headers(&mut self, _envoy: &mut EnvoyFilter<'_>, _end_of_stream: bool) -> Status {
+        Status::Continue
+    }
+    fn on_response_headers(
+        &mut self,
+        _envoy: &mut EnvoyFilter<'_>,
+        _end_of_stream: bool,
+    ) -> Status {
+        Status::Continue
+    }
+    /// Envoy is about to answer the stream itself; `details` says why
+    /// (`response.code_details`).
+    fn on_local_reply(&mut self, _envoy: &mut EnvoyFilter<'_>, _status: u32, _details: &[u8]) {}
+    /// The stream is over (before access logs and before the filter is dropped).
+    fn on_stream_complete(&mut self, _envoy: &mut EnvoyFilter<'_>) {}
+}
+
+/// Which header map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMap {
+    Request,
+    Response,
+}
+
+impl HeaderMap {
+    fn code(self) -> u32 {
+        match self {
+            HeaderMap::Request => sys::header_type::REQUEST_HEADER,
+            HeaderMap::Response => sys::header_type::RESPONSE_HEADER,
+        }
+    }
+}
+
+/// The string attributes tether reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribute {
+    /// `source.address`: the downstream peer, `IP:port`.
+    SourceAddress,
+    /// `upstream.address`: the endpoint that served, `IP:port` (response phase).
+    UpstreamAddress,
+    /// `response.code_details`.
+    ResponseCodeDetails,
+    /// `xds.route_name`.
+    RouteName,
+    /// `xds.cluster_name`.
+    ClusterName,
+}
+
+impl Attribute {
+    fn id(self) -> u32 {
+        match self {
+            Attribute::SourceAddress => sys::attribute_id::SOURCE_ADDRESS,
+            Attribute::UpstreamAddress => sys::attribute_id::UPSTREAM_ADDRESS,
+            Attribute::ResponseCodeDetails => sys::attribute_id::RESPONSE_CODE_DETAILS,
+            Attribute::RouteName => sys::attribute_id::XDS_ROUTE_NAME,
+            Attribute::ClusterName => sys::attribute_id::XDS_CLUSTER_NAME,
+        }
+    }
+}
+
+/// A metric defined on a configuration; used with the filters that configuration creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricId(usize);
+
+/// Bytes Envoy owns as a slice whose lifetime the caller ties to the borrow it read them under.
+///
+/// # Safety
+/// `b` must be null/empty or point at `b.length` readable bytes that outlive `'a`.
+unsafe fn envoy_bytes<'a>(b: sys::EnvoyBuffer) -> &'a [u8] {
+    if b.ptr.is_null() || b.length == 0 {
+        &[]
+    } else {
+        // SAFETY: non-null and `length` bytes readable for `'a`, by the caller's contract.
+        unsafe { std::slice::from_raw_parts(b.ptr.cast::<u8>(), b.length) }
+    }
+}
+
+/// Envoy's configuration object, during `config_new` only.
+pub struct ConfigHandle<'a> {
+    ptr: sys::ConfigEnvoyPtr,
+    _hook: PhantomData<&'a mut ()>,
+}
+
+impl ConfigHandle<'_> {
+    /// A counter named `name` (no labels).
+    pub fn define_counter(&mut self, name: &str) -> Option<MetricId> {
+        let mut id = 0usize;
+        // SAFETY: `ptr` is the live config object of this hook; the name is read during the
+        // call; no labels (null, 0); `id` is a valid out-pointer.
+        let result = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.ptr,
+                sys::ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == sys::METRICS_SUCCESS).then_some(MetricId(id))
+    }
+
+    /// A gauge named `name` (no labels).
+    pub fn define_gauge(&mut self, name: &str) -> Option<MetricId> {
+        let mut id = 0usize;
+        // SAFETY: as in `define_counter`.
+        let result = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.ptr,
+                sys::ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == sys::METRICS_SUCCESS).then_some(MetricId(id))
+    }
+}
+
+/// Envoy's side of one stream's filter, lent to a hook for its duration. Bytes read from it
+/// borrow it: a setter (`&mut self`) may invalidate them, and the borrow checker sees to it that
+/// none is used after.
+pub struct EnvoyFilter<'a> {
+    ptr: sys::FilterEnvoyPtr,
+    _hook: PhantomData<&'a mut ()>,
+}
+
+impl EnvoyFilter<'_> {
+    /// The `index`th value of header `name` (lower case), and how many values it has.
+    fn header_at(&self, map: HeaderMap, name: &str, index: usize) -> (Option<&[u8]>, usize) {
+        let mut result = sys::EnvoyBuffer::EMPTY;
+        let mut count = 0usize;
+        // SAFETY: `ptr` is this hook's live filter; key read during the call; `result` and
+        // `count` are valid out-pointers.
+        let found = unsafe {
+            sys::envoy_dynamic_module_callback_http_get_header(
+                self.ptr,
+                map.code(),
+                sys::ModuleBuffer::of(name.as_bytes()),
+                &mut result,
+                index,
+                &mut count,
+            )
+        };
+        // SAFETY: Envoy's header bytes stay valid until the hook ends or a setter runs; both
+        // are excluded while `&self` is borrowed.
+        let value = found.then(|| unsafe { envoy_bytes(result) });
+        (value, count)
+    }
+
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, map: HeaderMap, name: &str) -> Option<&[u8]> {
+        self.header_at(map, name, 0).0
+    }
+
+    /// Every value of header `name` (lower case), in order.
+    pub fn header_values(&self, map: HeaderMap, name: &str) -> Vec<&[u8]> {
+        let (first, count) = self.header_at(map, name, 0);
+        let mut values = Vec::with_capacity(count);
+        values.extend(first);
+        for i in 1..count {
+            if let (Some(v), _) = self.header_at(map, name, i) {
+                values.push(v);
+            }
+        }
+        values
+    }
+
+    /// The whole map, (name, value) in order.
+    pub fn headers(&self, map: HeaderMap) -> Vec<(&[u8], &[u8])> {
+        // SAFETY: `ptr` is this hook's live filter.
+        let n = unsafe {
+            sys::envoy_dynamic_module_callback_http_get_headers_size(self.ptr, map.code())
+        };
+        let mut raw = vec![sys::EnvoyHttpHeader::EMPTY; n];
+        // SAFETY: `raw` has room for the `n` headers Envoy just counted; nothing changes the
+        // map between the two calls (same thread, same hook).
+        let ok = unsafe {
+            sys::envoy_dynamic_module_callback_http_get_headers(
+                self.ptr,
+                map.code(),
+                raw.as_mut_ptr(),
+            )
+        };
+        if !ok {
+            return Vec::new();
+        }
+        raw.iter()
+            .map(|h| {
+                let key = sys::EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    length: h.key_length,
+                };
+                let value = sys::EnvoyBuffer {
+                    ptr: h.value_ptr,
+                    length: h.value_length,
+                };
+                // SAFETY: as in `header_at`: valid while `&self` is borrowed.
+                unsafe { (envoy_bytes(key), envoy_bytes(value)) }
+            })
+            .collect()
+    }
+
+    /// Replaces every value of `name` with `value`. Envoy removes the header when `value` is
+    /// empty.
+    pub fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) -> bool {
+        // SAFETY: live filter; key and value are read during the call.
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                map.code(),
+                sys::ModuleBuffer::of(name.as_bytes()),
+                sys::ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Adds one more value. Envoy refuses an empty one (`false`).
+    pub fn add_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) -> bool {
+        // SAFETY: live filter; key and value are read during the call.
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_add_header(
+                self.ptr,
+                map.code(),
+                sys::ModuleBuffer::of(name.as_bytes()),
+                sys::ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove_header(&mut self, map: HeaderMap, name: &str) -> bool {
+        // SAFETY: live filter; a null value asks Envoy to remove the key.
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                map.code(),
+                sys::ModuleBuffer::of(name.as_bytes()),
+                sys::ModuleBuffer::NULL,
+            )
+        }
+    }
+
+    /// A string attribute; `None` when Envoy has none (or does not serve it).
+    pub fn attribute(&self, attribute: Attribute) -> Option<&[u8]> {
+        let mut result = sys::EnvoyBuffer::EMPTY;
+        // SAFETY: live filter; `result` is a valid out-pointer.
+        let found = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.ptr,
+                attribute.id(),
+                &mut result,
+            )
+        };
+        // SAFETY: attribute bytes live in Envoy's stream info, valid for this hook.
+        found.then(|| unsafe { envoy_bytes(result) })
+    }
+
+    /// The cluster the request is routed to.
+    pub fn cluster_name(&self) -> Option<&[u8]> {
+        let mut result = sys::EnvoyBuffer::EMPTY;
+        // SAFETY: live filter; `result` is a valid out-pointer.
+        let found = unsafe {
+            sys::envoy_dynamic_module_callback_http_get_cluster_name(self.ptr, &mut result)
+        };
+        // SAFETY: the name lives in the route's cluster info, valid for this hook.
+        found.then(|| unsafe { envoy_bytes(result) })
+    }
+
+    /// Asks the load balancer for `host` (`IP:port`) first. `strict`: no other endpoint if it is
+    /// not available. `false`: not an IP literal, or not in the request phase.
+    pub fn set_upstream_override_host(&mut self, host: &str, strict: bool) -> bool {
+        // SAFETY: live filter; the host is copied by Envoy during the call.
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_set_upstream_override_host(
+                self.ptr,
+                sys::ModuleBuffer::of(host.as_bytes()),
+                strict,
+            )
+        }
+    }
+
+    /// Makes Envoy match the route again (request headers it matches on have changed).
+    pub fn clear_route_cache(&mut self) {
+        // SAFETY: live filter.
+        unsafe { sys::envoy_dynamic_module_callback_http_clear_route_cache(self.ptr) }
+    }
+
+    /// Answers the stream with this response instead of whatever was coming.
+    pub fn send_response(
+        &mut self,
+        status: u32,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        details: &str,
+    ) {
+        let mut raw: Vec<sys::ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| sys::ModuleHttpHeader {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: live filter; the header array, body and details are read during the call.
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                status,
+                raw.as_mut_ptr(),
+                raw.len(),
+                sys::ModuleBuffer::of(body),
+                sys::ModuleBuffer::of(details.as_bytes()),
+            )
+        }
+    }
+
+    pub fn increment_counter(&mut self, id: MetricId, by: u64) -> bool {
+        // SAFETY: live filter; `id` came from the configuration that created it; no labels.
+        let r = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.ptr,
+                id.0,
+                std::ptr::null_mut(),
+                0,
+                by,
+            )
+        };
+        r == sys::METRICS_SUCCESS
+    }
+
+    /// Moves a gauge by `delta`, up or down.
+    pub fn add_to_gauge(&mut self, id: MetricId, delta: i64) -> bool {
+        let by = delta.unsigned_abs();
+        // SAFETY: as in `increment_counter`.
+        let r = unsafe {
+            if delta >= 0 {
+                sys::envoy_dynamic_module_callback_http_filter_increment_gauge(
+                    self.ptr,
+                    id.0,
+                    std::ptr::null_mut(),
+                    0,
+                    by,
+                )
+            } else {
+                sys::envoy_dynamic_module_callback_http_filter_decrement_gauge(
+                    self.ptr,
+                    id.0,
+                    std::ptr::null_mut(),
+                    0,
+                    by,
+                )
+            }
+        };
+        r == sys::METRICS_SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests;

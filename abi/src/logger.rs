@@ -1,0 +1,58 @@
+//! The `log` crate's records, in Envoy's log (its `dynamic_modules` component). A line is only
+//! formatted when Envoy would print it at its current level.
+
+use crate::sys;
+
+struct EnvoyLogger;
+
+static LOGGER: EnvoyLogger = EnvoyLogger;
+
+/// Sends `log` records to Envoy from now on (once per process; a second call changes nothing).
+pub(crate) fn install() {
+    if log::set_logger(&LOGGER).is_ok() {
+        // Envoy filters by its own level (`enabled`); every level reaches it.
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
+fn envoy_level(level: log::Level) -> u32 {
+    match level {
+        log::Level::Error => sys::log_level::ERROR,
+        log::Level::Warn => sys::log_level::WARN,
+        log::Level::Info => sys::log_level::INFO,
+        log::Level::Debug => sys::log_level::DEBUG,
+        log::Level::Trace => sys::log_level::TRACE,
+    }
+}
+
+fn enabled(level: u32) -> bool {
+    // SAFETY: a process-wide query with no pointers; callable from any thread.
+    unsafe { sys::envoy_dynamic_module_callback_log_enabled(level) }
+}
+
+fn write(level: u32, message: &str) {
+    // SAFETY: the message is read during the call only; callable from any thread.
+    unsafe {
+        sys::envoy_dynamic_module_callback_log(level, sys::ModuleBuffer::of(message.as_bytes()))
+    }
+}
+
+/// A line at Envoy's critical level (panics), whatever the `log` crate's settings.
+pub fn log_critical(message: &str) {
+    write(sys::log_level::CRITICAL, message);
+}
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        enabled(envoy_level(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = envoy_level(record.level());
+        if enabled(level) {
+            write(level, &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,472 @@
+//! The stream's filter: `src/filter.rs`'s `TetherStream` over Envoy's dynamic-module ABI. It
+//! reads what the core asks for, calls the core, and carries out its answer, in the same order
+//! and with the same log lines; a callback whose failure the request can go on without is
+//! counted (`tether_host_call_failures`).
+//!
+//! The pinned endpoint: the core asks for its routing header (`upstream.host_header`) to be set
+//! to the endpoint; here that request becomes Envoy's upstream-override-host call instead (with
+//! the strict flag for `on_unavailable: strict`), so no header exists that a client could forge
+//! or a backend could see. Every other header change is made as asked.
+
+use crate::store;
+use crate::TetherConfig;
+use log::debug;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tether::entropy::{Csprng, SystemEntropy};
+use tether::http::{HeaderOp, Headers, Request, Response};
+use tether::metrics::{to_i64, Kind, Metric, Tally};
+use tether::plugin::{Plugin, Stream};
+use tether_abi::{Attribute, EnvoyFilter, Filter, HeaderMap, Status};
+
+/// Configurations whose plugin a worker keeps at once (old ones go first: a reload leaves the
+/// previous configuration's streams to finish).
+const PLUGINS_PER_WORKER: usize = 4;
+
+thread_local! {
+    /// This worker's plugins, by configuration id. A `Plugin` (its token cache) belongs to one
+    /// thread, as in the Wasm build's one VM per worker.
+    static PLUGINS: RefCell<Vec<(u64, Rc<Plugin>)>> = const { RefCell::new(Vec::new()) };
+    /// This worker's random generator (token nonces), seeded from the OS.
+    static RNG: RefCell<Csprng<SystemEntropy>> = const { RefCell::new(Csprng::new(SystemEntropy)) };
+}
+
+/// Numbers the streams of this process for the decision lines (`tether[N]: ...`).
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+fn worker_plugin(config: &TetherConfig) -> Rc<Plugin> {
+    PLUGINS.with(|plugins| {
+        let mut plugins = plugins.borrow_mut();
+        if let Some((_, p)) = plugins.iter().find(|(id, _)| *id == config.id) {
+            return p.clone();
+        }
+        let plugin = Rc::new(Plugin::new(&config.config, &config.secret));
+        if plugins.len() >= PLUGINS_PER_WORKER {
+            plugins.remove(0);
+        }
+        plugins.push((config.id, plugin.clone()));
+        plugin
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn text(bytes: Option<&[u8]>) -> Option<String> {
+    bytes
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_string)
+}
+
+fn whole_map(envoy: &EnvoyFilter<'_>, map: HeaderMap) -> Headers {
+    Headers::new(
+        envoy
+            .headers(map)
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
+            .collect(),
+    )
+}
+
+pub(crate) struct TetherFilter {
+    config: Arc<TetherConfig>,
+    plugin: Rc<Plugin>,
+    id: u64,
+    stream: Option<Stream>,
+    /// Wall clock at the request's headers, milliseconds since 1970.
+    now_ms: u64,
+    /// Why Envoy answered the stream itself, when it did (`on_local_reply`).
+    local_reply: Option<String>,
+    /// Metric changes not yet handed to Envoy (each phase hands them over before it returns).
+    tally: Tally,
+}
+
+impl TetherFilter {
+    pub(crate) fn new(config: Arc<TetherConfig>) -> TetherFilter {
+        TetherFilter {
+            plugin: worker_plugin(&config),
+            config,
+            id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+            stream: None,
+            now_ms: 0,
+            local_reply: None,
+            tally: Tally::default(),
+        }
+    }
+
+    /// Hands the tally to Envoy's stats: one call per metric that changed.
+    fn flush(&mut self, envoy: &mut EnvoyFilter<'_>) {
+        let mut failed = 0;
+        for (metric, delta) in self.tally.drain() {
+            let ok = match self.config.metrics.get(metric) {
+                Some((Kind::Counter, id)) => {
+                    delta < 0 || envoy.increment_counter(id, delta.unsigned_abs())
+                }
+                Some((Kind::Gauge, id)) => envoy.add_to_gauge(id, delta),
+                None => true,
+            };
+            if !ok {
+                failed += 1;
+            }
+        }
+        // Counted in the next flush.
+        self.tally.add(Metric::HostCallFailures, failed);
+    }
+}
+
+/// The request as the core asks for it: one header at a time, and the whole map (kept) once
+/// every field of a header is wanted.
+struct HostRequest<'e, 'a> {
+    envoy: &'e EnvoyFilter<'a>,
+    map: Option<Headers>,
+    end_of_stream: bool,
+}
+
+impl Request for HostRequest<'_, '_> {
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        match &self.map {
+            Some(map) => map.first(name).map(<[u8]>::to_vec),
+            None => self
+                .envoy
+                .header(HeaderMap::Request, name)
+                .map(<[u8]>::to_vec),
+        }
+    }
+
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
+        let envoy = self.envoy;
+        self.map
+            .get_or_insert_with(|| whole_map(envoy, HeaderMap::Request))
+            .values(name)
+    }
+
+    fn source_address(&mut self) -> Option<String> {
+        text(self.envoy.attribute(Attribute::SourceAddress))
+    }
+
+    fn has_body(&self) -> bool {
+        !self.end_of_stream
+    }
+}
+
+/// The response as the core asks for it.
+struct HostResponse<'e, 'a> {
+    envoy: &'e EnvoyFilter<'a>,
+    map: Option<Headers>,
+    local_reply: Option<&'e str>,
+}
+
+impl Response for HostResponse<'_, '_> {
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        match &self.map {
+            Some(map) => map.first(name).map(<[u8]>::to_vec),
+            None => self
+                .envoy
+                .header(HeaderMap::Response, name)
+                .map(<[u8]>::to_vec),
+        }
+    }
+
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
+        let envoy = self.envoy;
+        self.map
+            .get_or_insert_with(|| whole_map(envoy, HeaderMap::Response))
+            .values(name)
+    }
+
+    fn upstream(&mut self) -> Option<String> {
+        text(self.envoy.attribute(Attribute::UpstreamAddress))
+    }
+
+    fn code_details(&mut self) -> Option<String> {
+        // Envoy may not serve `response.code_details` as an attribute. Every answer Envoy makes
+        // itself passes `on_local_reply` first, with its details; any other answer came from an
+        // endpoint.
+        text(self.envoy.attribute(Attribute::ResponseCodeDetails)).or_else(|| {
+            Some(
+                self.local_reply
+                    .map_or_else(|| "via_upstream".to_string(), str::to_string),
+            )
+        })
+    }
+
+    fn cluster(&mut self) -> Option<String> {
+        text(self.envoy.cluster_name())
+    }
+}
+
+/// Carries out header changes; returns how many failed.
+fn apply(envoy: &mut EnvoyFilter<'_>, map: HeaderMap, ops: &[HeaderOp<'_>]) -> i64 {
+    let mut failed = 0;
+    for op in ops {
+        let ok = match op {
+            HeaderOp::Set(name, value) => envoy.set_header(map, name, value),
+            HeaderOp::Add(name, value) => envoy.add_header(map, name, value),
+            HeaderOp::Remove(name) => envoy.remove_header(map, name),
+        };
+        if !ok {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+impl Filter for TetherFilter {
+    fn on_request_headers(&mut self, envoy: &mut EnvoyFilter<'_>, end_of_stream: bool) -> Status {
+        let plugin = self.plugin.clone();
+        let route = if plugin.needs_route_name() {
+            text(envoy.attribute(Attribute::RouteName))
+        } else {
+            None
+        };
+        // One clock read per request: the response phase reuses it.
+        self.now_ms = now_ms();
+        let plan = {
+            let mut req = HostRequest {
+                envoy,
+                map: None,
+                end_of_stream,
+            };
+            plugin.on_request(route.as_deref(), &mut req, store::global(), self.now_ms)
+        };
+        // The routing header's value goes to the override-host call; the rest as asked.
+        let routing = plan
+            .stream
+            .as_ref()
+            .and_then(|s| plugin.policy(s.policy))
+            .map(|p| p.routing());
+        let mut pin = None;
+        let mut ops = Vec::with_capacity(plan.ops.len());
+        for op in &plan.ops {
+            match (op, routing) {
+                (HeaderOp::Set(name, value), Some(r)) if *name == r.host_header => {
+                    pin = Some((value.as_slice(), r.strict.is_some()));
+                }
+                _ => ops.push(op.clone()),
+            }
+        }
+        let mut failed = apply(envoy, HeaderMap::Request, &ops);
+        if !ops.is_empty() {
+            // The proxy-wasm host matches the route again after a filter changes request
+            // headers (a route may match on the cluster or strict header); this host only
+            // when asked.
+            envoy.clear_route_cache();
+        }
+        if let Some((endpoint, strict)) = pin {
+            let set = std::str::from_utf8(endpoint)
+                .is_ok_and(|e| envoy.set_upstream_override_host(e, strict));
+            if !set {
+                failed += 1;
+            }
+        }
+        self.tally.add(Metric::HostCallFailures, failed);
+        self.tally
+            .add(Metric::ForgedHeadersRemoved, to_i64(plan.forged_headers));
+        // The owned headers' removals come first in the plan.
+        for op in plan.ops.iter().take(plan.forged_headers) {
+            if let HeaderOp::Remove(name) = op {
+                debug!("tether[{}]: removed a client-sent {name} header", self.id);
+            }
+        }
+        match &plan.stream {
+            Some(stream) => {
+                let sealed = plugin.seals_its_sessions(stream);
+                self.tally.request(sealed, stream.state.found());
+            }
+            None => debug!("tether[{}]: decision=disabled", self.id),
+        }
+        self.stream = plan.stream;
+        self.flush(envoy);
+        Status::Continue
+    }
+
+    fn on_local_reply(&mut self, _envoy: &mut EnvoyFilter<'_>, _status: u32, details: &[u8]) {
+        self.local_reply = Some(String::from_utf8_lossy(details).into_owned());
+    }
+
+    fn on_response_headers(&mut self, envoy: &mut EnvoyFilter<'_>, _end_of_stream: bool) -> Status {
+        // Responses to requests this filter never decided on (a disabled route, a local reply
+        // before routing) carry no state: nothing to do.
+        let Some(stream) = self.stream.take() else {
+            return Status::Continue;
+        };
+        let plugin = self.plugin.clone();
+        let action = {
+            let mut resp = HostResponse {
+                envoy,
+                map: None,
+                local_reply: self.local_reply.as_deref(),
+            };
+            let now_ms = self.now_ms;
+            RNG.with(|rng| {
+                plugin.on_response(
+                    &stream,
+                    &mut resp,
+                    store::global(),
+                    now_ms,
+                    &mut *rng.borrow_mut(),
+                )
+            })
+        };
+        if plugin.watches_stream_end(&stream) {
+            self.stream = Some(stream);
+        }
+        self.tally.response(&action);
+        debug!(
+            "tether[{}]: {} cas_retries={}",
+            self.id, action.decision, action.writes.cas_retries
+        );
+        if let Some((status, retry_after)) = action.refuse {
+            // Replace the whole response: whatever answered instead of the pinned endpoint
+            // (Envoy's own error, or another endpoint after the pinned one left the cluster)
+            // must not reach the client as the session's answer.
+            let retry_after = retry_after.to_string();
+            envoy.send_response(
+                u32::from(status),
+                &[
+                    ("retry-after", retry_after.as_bytes()),
+                    ("content-type", b"text/plain"),
+                ],
+                b"session endpoint unavailable\n",
+                "tether_strict_refusal",
+            );
+            self.flush(envoy);
+            return Status::Stop;
+        }
+        let failed = apply(envoy, HeaderMap::Response, &action.ops);
+        self.tally.add(Metric::HostCallFailures, failed);
+        self.flush(envoy);
+        Status::Continue
+    }
+
+    fn on_stream_complete(&mut self, envoy: &mut EnvoyFilter<'_>) {
+        // Only streams whose end matters kept their state past the response headers.
+        if let Some(stream) = self.stream.take() {
+            if self.plugin.watches_stream_end(&stream) {
+                let cas_retries = self
+                    .plugin
+                    .on_stream_end(&stream, store::global(), now_ms());
+                self.tally.add(Metric::CasRetries, to_i64(cas_retries));
+            }
+        }
+        self.flush(envoy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::new_config;
+    use tether_abi::fake_host::{self, with_host};
+    use tether_abi::sys::attribute_id;
+    use tether_abi::{Filter, Status};
+
+    fn pairs(p: &[(&str, &str)]) -> fake_host::Pairs {
+        p.iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// One stream through the filter: its request and response headers; returns the response
+    /// headers tether left.
+    fn stream(filter: &mut dyn Filter, request: &[(&str, &str)]) -> fake_host::Pairs {
+        let mut envoy = fake_host::filter();
+        with_host(|h| {
+            h.request = pairs(request);
+            h.response = pairs(&[(":status", "200")]);
+            h.attributes = vec![(attribute_id::UPSTREAM_ADDRESS, b"127.0.0.1:8081".to_vec())];
+            h.override_host = None;
+        });
+        assert_eq!(
+            filter.on_request_headers(&mut envoy, true),
+            Status::Continue
+        );
+        assert_eq!(
+            filter.on_response_headers(&mut envoy, true),
+            Status::Continue
+        );
+        filter.on_stream_complete(&mut envoy);
+        with_host(|h| h.response.clone())
+    }
+
+    #[test]
+    fn a_returning_session_is_pinned_by_the_override_call_not_a_header() {
+        fake_host::reset();
+        let config = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"type": "cookie"}"#,
+        )
+        .unwrap();
+        let mut first = config.new_filter(&mut fake_host::filter()).unwrap();
+        let response = stream(first.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        let cookie = response
+            .iter()
+            .find(|(k, _)| k == b"set-cookie")
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+            .unwrap();
+        let token = cookie.split(';').next().unwrap().to_string();
+        assert!(token.starts_with("tether="), "{cookie}");
+        assert_eq!(fake_host::metric("tether_sessions_issued"), Some(1));
+
+        let mut again = config.new_filter(&mut fake_host::filter()).unwrap();
+        let forged = ("x-tether-host", "10.0.0.1:1");
+        stream(
+            again.as_mut(),
+            &[
+                (":method", "GET"),
+                (":path", "/"),
+                ("cookie", &token),
+                forged,
+            ],
+        );
+        with_host(|h| {
+            assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), false)));
+            assert!(h.request.iter().all(|(k, _)| k != b"x-tether-host"));
+        });
+        assert_eq!(fake_host::metric("tether_hits"), Some(1));
+        assert_eq!(fake_host::metric("tether_forged_headers_removed"), Some(1));
+    }
+
+    #[test]
+    fn strict_sessions_ask_for_the_strict_override() {
+        fake_host::reset();
+        let json = br#"{"type": "cookie", "on_unavailable": "strict"}"#;
+        let config = new_config(&mut fake_host::config(), b"tether", json).unwrap();
+        let mut first = config.new_filter(&mut fake_host::filter()).unwrap();
+        let response = stream(first.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        let (_, cookie) = response.iter().find(|(k, _)| k == b"set-cookie").unwrap();
+        let token = String::from_utf8_lossy(cookie);
+        let token = token.split(';').next().unwrap();
+        let mut again = config.new_filter(&mut fake_host::filter()).unwrap();
+        stream(
+            again.as_mut(),
+            &[(":method", "GET"), (":path", "/"), ("cookie", token)],
+        );
+        with_host(|h| assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), true))));
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_in_one_line_naming_the_field() {
+        fake_host::reset();
+        tether_abi::program_init(new_config);
+        let refused = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"cookie": {"same_site": "sideways"}}"#,
+        );
+        assert!(refused.is_none());
+        let logs = with_host(|h| h.logs.clone());
+        let lines: Vec<_> = logs
+            .iter()
+            .filter(|(_, m)| m.starts_with("tether: invalid plugin configuration"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{logs:?}");
+        assert!(lines[0].1.contains("cookie.same_site"), "{lines:?}");
+    }
+}

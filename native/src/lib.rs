@@ -1,0 +1,114 @@
+//! tether as an Envoy dynamic module (`envoy.filters.http.dynamic_modules`): the same core as the
+//! proxy-wasm module, behind the adapter in `filter`, which does what `src/filter.rs` does with
+//! Envoy's dynamic-module ABI (`tether-abi`) instead of proxy-wasm's host calls.
+//!
+//! Differences that follow from the ABI, not from tether's behaviour: the pinned endpoint is
+//! handed to Envoy with the upstream-override-host call (strict sessions with its strict flag)
+//! instead of the routing header; the binding table and the per-Envoy secret live in this
+//! library's memory (`store`), which every worker shares; metrics go to Envoy as they happen.
+
+mod filter;
+pub mod store;
+
+use log::{error, info, warn};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tether::config::Config;
+use tether::entropy::SystemEntropy;
+use tether::metrics::{Kind, Metric};
+use tether::plugin::Plugin;
+use tether::secret::{process_secret, Key};
+use tether_abi::{ConfigHandle, EnvoyFilter, Filter, FilterConfig, MetricId};
+
+// Exporting Envoy's entry point is an unsafe attribute (`#[no_mangle]`): the adapter's only one.
+#[allow(unsafe_code)]
+mod entry {
+    tether_abi::declare_module!(crate::new_config);
+}
+
+/// Envoy's ids of tether's metrics, defined on one configuration.
+pub(crate) struct MetricIds(Vec<(Metric, Kind, MetricId)>);
+
+impl MetricIds {
+    fn define(config: &mut ConfigHandle<'_>) -> MetricIds {
+        let mut ids = Vec::new();
+        for m in Metric::ALL {
+            let id = match m.kind() {
+                Kind::Counter => config.define_counter(m.name()),
+                Kind::Gauge => config.define_gauge(m.name()),
+            };
+            match id {
+                Some(id) => ids.push((m, m.kind(), id)),
+                None => warn!("tether: cannot define metric {}", m.name()),
+            }
+        }
+        MetricIds(ids)
+    }
+
+    pub(crate) fn get(&self, metric: Metric) -> Option<(Kind, MetricId)> {
+        self.0
+            .iter()
+            .find(|(m, _, _)| *m == metric)
+            .map(|(_, k, id)| (*k, *id))
+    }
+}
+
+/// One filter configuration: what each worker compiles its own `Plugin` from (the core's
+/// token cache is per worker, as in the Wasm build), and the metric ids.
+pub(crate) struct TetherConfig {
+    /// Tells this configuration's per-worker plugins from those of earlier ones.
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    pub(crate) secret: Key,
+    pub(crate) metrics: MetricIds,
+}
+
+/// The module's configuration factory: the JSON the Wasm build takes, as `filter_config`.
+fn new_config(
+    handle: &mut ConfigHandle<'_>,
+    _name: &[u8],
+    bytes: &[u8],
+) -> Option<Box<dyn FilterConfig>> {
+    let config = match Config::parse(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("tether: invalid plugin configuration: {e}");
+            return None;
+        }
+    };
+    let secret = match process_secret(store::global(), &mut SystemEntropy) {
+        Ok(secret) => secret,
+        Err(e) => {
+            error!("tether: no per-Envoy secret ({e:?}): cannot seal or hash sessions");
+            return None;
+        }
+    };
+    // Created here, on the main thread, before any traffic (see `BindingTable::prepare`).
+    let plugin = Plugin::new(&config, &secret);
+    for table in plugin.tables() {
+        match table.prepare(store::global()) {
+            Ok(created) if created > 0 => info!(
+                "tether: binding table ready ({} buckets, {created} created)",
+                table.bucket_count()
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("tether: could not create the binding table: {e:?}"),
+        }
+    }
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    Some(Box::new(SharedConfig(Arc::new(TetherConfig {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        config,
+        secret,
+        metrics: MetricIds::define(handle),
+    }))))
+}
+
+/// The configuration Envoy holds; each of its filters holds it too.
+struct SharedConfig(Arc<TetherConfig>);
+
+impl FilterConfig for SharedConfig {
+    fn new_filter(&self, _envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>> {
+        Some(Box::new(filter::TetherFilter::new(self.0.clone())))
+    }
+}
