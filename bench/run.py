@@ -68,7 +68,12 @@ MARK_END = "<!-- results:end -->"
 FRONT_CONCURRENCY = 1
 RSS_NOISE_KIB = 4096
 TARGETS = {"returning_ratio_max": 1.10, "new_ratio_max": 1.25, "scale_ratio_max": 1.2,
-           "bytes_per_binding_max": 150, "module_kib_max": 250, "mcp_vs_header_max": 1.10}
+           "bytes_per_binding_max": 150, "module_kib_max": 250, "mcp_vs_header_max": 1.10,
+           # issue #14: the native build next to Envoy's own filter, the Wasm build next to
+           # the cheapest proxy-wasm sticky filter
+           "native_cookie_max": 1.05, "native_other_max": 1.10,
+           "wasm_vs_sticky_max": 1.05, "wasm_new_vs_sticky_max": 1.10,
+           "native_bytes_per_binding_max": 120}
 
 
 def log(msg: str):
@@ -178,9 +183,13 @@ def front_envoy(workdir: Path, name: str, filter_kind: str, plugin, backend_port
             filters[idx[0]]["typed_config"]["config"]["vm_config"]["vm_id"] = filter_kind
         elif filter_kind == "native":
             filters[idx[0]] = yaml.safe_load((BENCH / "native-filter.yaml").read_text())
+        elif filter_kind == "tether-native":
+            # tether's dynamic module with the same plugin JSON (envoy/native.yaml's filter).
+            value = filters[idx[0]]["typed_config"]["config"]["configuration"]["value"]
+            filters[idx[0]]["typed_config"] = harness.native_filter_config(value)
 
     return bench_envoy(workdir, name, "front", backend_ports, concurrency=FRONT_CONCURRENCY,
-                       plugin_config=plugin if filter_kind == "tether" else harness.SHIPPED,
+                       plugin_config=plugin if filter_kind in TETHER_KINDS else harness.SHIPPED,
                        wasm_path=wasm_path, mutate=mutate)
 
 
@@ -235,7 +244,14 @@ VARIANTS = {
     "route-off": ("tether loaded, disabled on the route", "tether",
                   plugin(routes={"app": {"disabled": True}}), "plain"),
 }
-STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky"}
+# tether's native build (`make build-native`), the same plugins and loads as the Wasm rows.
+TETHER_KINDS = ("tether", "tether-native")
+NATIVE_BUILD = {f"n-{key}": (f"native build: {label}", "tether-native", cfg, shape)
+                for key, (label, kind, cfg, shape) in VARIANTS.items()
+                if kind == "tether" and key != "route-off"}
+VARIANTS.update(NATIVE_BUILD)
+STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky",
+          "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
 
@@ -554,7 +570,7 @@ class Bench:
             return [(f"{a}:{b}", (a, self.args.module), (b, self.args.module))
                     for a, b in self.args.versus]
         return [(key, (key, self.args.module), (f"{key}@alt", self.args.alt_module))
-                for key in VARIANTS if "@" not in key and VARIANTS[key][1] == "tether"
+                for key in VARIANTS if "@" not in key and VARIANTS[key][1] in TETHER_KINDS
                 and (not self.args.only or key in self.args.only)]
 
     # A/B, paired: both sides up at once, short runs alternating A B B A ...
@@ -614,13 +630,16 @@ class Bench:
         return out
 
     # the binding table at scale
-    def scale(self) -> dict:
+    def scale(self, kind: str = "tether") -> dict:
+        """The binding table at each level of --scale, with the Wasm build (`tether`: Envoy's
+        shared data) or the native one (`tether-native`: process memory)."""
         levels = self.args.scale
+        tag = "" if kind == "tether" else "native-"
         envoys: dict[int, harness.Envoy] = {}
         out: dict = {"levels": {}, "fill_connections": 8, "fill_depth": 64}
         try:
             # baseline: the same filter with the smallest table, a few requests served
-            env = self.start_front("scale-baseline", "tether",
+            env = self.start_front(f"scale-{tag}baseline", kind,
                                    plugin(type="learn", learn_from="header",
                                           session_name=LEARN_HEADER, max_sessions=8))
             envoys[0] = env
@@ -635,7 +654,7 @@ class Bench:
             for n in levels:
                 cfg = plugin(type="learn", learn_from="header", session_name=LEARN_HEADER,
                              max_sessions=2 * n)
-                env = self.start_front(f"scale-{n}", "tether", cfg)
+                env = self.start_front(f"scale-{tag}{n}", kind, cfg)
                 envoys[n] = env
                 port = env.port
                 rss0 = rss_kib(env)
@@ -652,7 +671,7 @@ class Bench:
                 lvl["bytes_per_binding"] = (rss1 - out["baseline_rss_kib"]) * 1024 / max(1, reached)
                 lvl["fill_bytes_per_binding"] = (rss1 - rss0) * 1024 / max(1, reached)
                 out["levels"][n] = lvl
-                log(f"scale {n}: filled {reached} in {fill['wall_s']:.1f} s "
+                log(f"scale {tag}{n}: filled {reached} in {fill['wall_s']:.1f} s "
                     f"({fill['rate_per_s']:.0f}/s, {m['cpu_us_per_req']:.1f} us/req), "
                     f"ready {env.ready_s:.2f} s, RSS {rss0 // 1024} -> {rss1 // 1024} MiB, "
                     f"{lvl['bytes_per_binding']:.0f} B/binding over baseline")
@@ -676,7 +695,7 @@ class Bench:
                               "lat_p50_us": gen["lat_p50_us"], "lat_p99_us": gen["lat_p99_us"],
                               "errors": gen["errors"], "distinct_ids": count})
                     out["levels"][n]["lookups"].append(m)
-                    log(f"scale lookup {rep + 1}/{self.args.scale_rounds} N={n}: "
+                    log(f"scale {tag}lookup {rep + 1}/{self.args.scale_rounds} N={n}: "
                         f"{m['cpu_us_per_req']:.1f} us/req, {m['rps']:.0f} req/s")
             for n in levels:
                 out["levels"][n]["rss_end_kib"] = rss_kib(envoys[n])
@@ -754,6 +773,30 @@ def machine_info() -> dict:
     }
 
 
+def summarize_scale(scale: dict | None):
+    """The medians and ratios of one scale run, added to it."""
+    if not scale:
+        return
+    levels = scale["levels"]
+    for n, lvl in levels.items():
+        if lvl["lookups"]:
+            lvl["lookup_cpu_us_per_req"] = stats([m["cpu_us_per_req"] for m in lvl["lookups"]])
+            lvl["lookup_sched_us_per_req"] = stats([m["sched_us_per_req"] for m in lvl["lookups"]])
+            lvl["lookup_p50_us"] = statistics.median([m["lat_p50_us"] for m in lvl["lookups"]])
+            lvl["lookup_p99_us"] = statistics.median([m["lat_p99_us"] for m in lvl["lookups"]])
+    ns = sorted(levels)
+    small, big = ns[0], ns[-1]
+    if levels[small].get("lookup_cpu_us_per_req") and levels[big].get("lookup_cpu_us_per_req"):
+        a, b = levels[big]["lookups"], levels[small]["lookups"]
+        scale["lookup_ratio_largest_vs_smallest"] = {
+            "largest": big, "smallest": small,
+            "of_medians": levels[big]["lookup_cpu_us_per_req"]["median"]
+            / levels[small]["lookup_cpu_us_per_req"]["median"],
+            "paired": stats([x["cpu_us_per_req"] / y["cpu_us_per_req"] for x, y in zip(a, b)]),
+        }
+    scale["bytes_per_binding_largest"] = levels[big]["bytes_per_binding"]
+
+
 def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: dict, args,
               checks: dict, started: float) -> dict:
     variants = {}
@@ -801,6 +844,14 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "wasm_sticky_new_vs_native_new": ratio("wasm-sticky-new", "native-new"),
         "cookie_vs_wasm_sticky": ratio("cookie", "wasm-sticky"),
         "cookie_new_vs_wasm_sticky_new": ratio("cookie-new", "wasm-sticky-new"),
+        # The native build (issue #14) next to Envoy's own filter.
+        "n_cookie_vs_native": ratio("n-cookie", "native"),
+        "n_cookie_new_vs_native_new": ratio("n-cookie-new", "native-new"),
+        "n_header_vs_native": ratio("n-header", "native"),
+        "n_mcp_vs_native": ratio("n-mcp", "native"),
+        "n_learn_vs_native": ratio("n-learn", "native"),
+        "n_source_ip_vs_native": ratio("n-source-ip", "native"),
+        "n_cookie_vs_cookie": ratio("n-cookie", "cookie"),
     }
     ratios["sched_returning_cookie_vs_native"] = ratio("cookie", "native", "sched_us_per_req")
     ratios["sched_new_cookie_vs_native_new"] = ratio("cookie-new", "native-new", "sched_us_per_req")
@@ -818,25 +869,9 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
                                     "load_ms": (statistics.median(tether_ready)
                                                 - statistics.median(plain_ready)) * 1000}
 
-    if scale:
-        levels = scale["levels"]
-        for n, lvl in levels.items():
-            if lvl["lookups"]:
-                lvl["lookup_cpu_us_per_req"] = stats([m["cpu_us_per_req"] for m in lvl["lookups"]])
-                lvl["lookup_sched_us_per_req"] = stats([m["sched_us_per_req"] for m in lvl["lookups"]])
-                lvl["lookup_p50_us"] = statistics.median([m["lat_p50_us"] for m in lvl["lookups"]])
-                lvl["lookup_p99_us"] = statistics.median([m["lat_p99_us"] for m in lvl["lookups"]])
-        ns = sorted(levels)
-        small, big = ns[0], ns[-1]
-        if levels[small].get("lookup_cpu_us_per_req") and levels[big].get("lookup_cpu_us_per_req"):
-            a, b = levels[big]["lookups"], levels[small]["lookups"]
-            scale["lookup_ratio_largest_vs_smallest"] = {
-                "largest": big, "smallest": small,
-                "of_medians": levels[big]["lookup_cpu_us_per_req"]["median"]
-                / levels[small]["lookup_cpu_us_per_req"]["median"],
-                "paired": stats([x["cpu_us_per_req"] / y["cpu_us_per_req"] for x, y in zip(a, b)]),
-            }
-        scale["bytes_per_binding_largest"] = levels[big]["bytes_per_binding"]
+    scale, scale_native = scale if isinstance(scale, tuple) else (scale, None)
+    summarize_scale(scale)
+    summarize_scale(scale_native)
 
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -854,6 +889,7 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "variants": variants,
         "ratios": ratios,
         "scale": scale,
+        "scale_native": scale_native,
         "load_time": load_time,
     }
 
@@ -978,14 +1014,18 @@ def markdown(res: dict, svg_name: str) -> str:
     out.append(f"| tether cookie new / native returning | {_fmt_ratio(nr)} | ≤ {TARGETS['new_ratio_max']:.2f} | "
                f"{_verdict(nr and nr['of_medians'], TARGETS['new_ratio_max'])} |")
     sc = res.get("scale") or {}
-    lr = sc.get("lookup_ratio_largest_vs_smallest")
-    if lr:
-        big = sc["levels"][lr["largest"]]
-        out.append(f"| lookup at {big['reached']:,} bindings / at {lr['smallest']:,} | {_fmt_ratio(lr)} | ≤ "
+    for build, scx, bpb_max in (("", sc, TARGETS["bytes_per_binding_max"]),
+                                ("native build: ", res.get("scale_native") or {},
+                                 TARGETS["native_bytes_per_binding_max"])):
+        lr = scx.get("lookup_ratio_largest_vs_smallest")
+        if not lr:
+            continue
+        big = scx["levels"][lr["largest"]]
+        out.append(f"| {build}lookup at {big['reached']:,} bindings / at {lr['smallest']:,} | {_fmt_ratio(lr)} | ≤ "
                    f"{TARGETS['scale_ratio_max']:.1f} | {_verdict(lr['of_medians'], TARGETS['scale_ratio_max'])} |")
-        bpb = sc["bytes_per_binding_largest"]
-        out.append(f"| RSS per binding at {big['reached']:,} bindings | {bpb:.0f} B | ≤ "
-                   f"{TARGETS['bytes_per_binding_max']} B | {_verdict(bpb, TARGETS['bytes_per_binding_max'])} |")
+        bpb = scx["bytes_per_binding_largest"]
+        out.append(f"| {build}RSS per binding at {big['reached']:,} bindings | {bpb:.0f} B | ≤ "
+                   f"{bpb_max} B | {_verdict(bpb, bpb_max)} |")
     for key, text, note in (
             ("wasm_empty_vs_native", "empty proxy-wasm filter / native returning",
              "the floor of any wasm filter here"),
@@ -996,11 +1036,7 @@ def markdown(res: dict, svg_name: str) -> str:
             ("wasm_sticky_vs_native", "cheapest sticky wasm filter returning / native returning",
              "the floor of any proxy-wasm sticky filter here"),
             ("wasm_sticky_new_vs_native_new", "cheapest sticky wasm filter new / native new",
-             "the floor of any proxy-wasm sticky filter here"),
-            ("cookie_vs_wasm_sticky", "tether cookie returning / cheapest sticky wasm filter",
-             "tokens, expiry, stripping, checks"),
-            ("cookie_new_vs_wasm_sticky_new", "tether cookie new / cheapest sticky wasm filter new",
-             "sealing, cookie attributes, checks")):
+             "the floor of any proxy-wasm sticky filter here")):
         if r.get(key):
             out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | {note} |")
     for key, text in (("mcp_vs_header", "tether MCP envelope returning / tether header returning"),
@@ -1008,6 +1044,30 @@ def markdown(res: dict, svg_name: str) -> str:
         if r.get(key):
             out.append(f"| {text} | {_fmt_ratio(r[key])} | ≤ {TARGETS['mcp_vs_header_max']:.2f} | "
                        f"{_verdict(r[key]['of_medians'], TARGETS['mcp_vs_header_max'])} |")
+    native_rows = [
+        ("n_cookie_vs_native", "native build cookie returning / native stateful_session returning",
+         TARGETS["native_cookie_max"]),
+        ("n_cookie_new_vs_native_new", "native build cookie new / native stateful_session new",
+         TARGETS["native_other_max"]),
+        ("n_header_vs_native", "native build header returning / native stateful_session returning",
+         TARGETS["native_other_max"]),
+        ("n_mcp_vs_native", "native build MCP envelope returning / native stateful_session returning",
+         TARGETS["native_other_max"]),
+        ("n_learn_vs_native", "native build learn returning / native stateful_session returning",
+         TARGETS["native_other_max"]),
+        ("n_source_ip_vs_native", "native build source_ip / native stateful_session returning",
+         TARGETS["native_other_max"]),
+        ("cookie_vs_wasm_sticky", "Wasm build cookie returning / cheapest sticky wasm filter returning",
+         TARGETS["wasm_vs_sticky_max"]),
+        ("cookie_new_vs_wasm_sticky_new", "Wasm build cookie new / cheapest sticky wasm filter new",
+         TARGETS["wasm_new_vs_sticky_max"])]
+    for key, text, target in native_rows:
+        if r.get(key):
+            out.append(f"| {text} | {_fmt_ratio(r[key])} | ≤ {target:.2f} | "
+                       f"{_verdict(r[key]['of_medians'], target)} |")
+    if r.get("n_cookie_vs_cookie"):
+        out.append(f"| (for reference) native build cookie returning / Wasm build cookie returning | "
+                   f"{_fmt_ratio(r['n_cookie_vs_cookie'])} | | what the Wasm boundary costs tether |")
     mod = res["module"]
     out.append(f"| module size | {mod['bytes']:,} B ({mod['kib']} KiB) | ≤ {TARGETS['module_kib_max']} KiB | "
                f"{_verdict(mod['kib'], TARGETS['module_kib_max'])} |")
@@ -1033,8 +1093,11 @@ def markdown(res: dict, svg_name: str) -> str:
                    f"{x['lat_p50_us']['median'] / 1000:.2f} | {x['lat_p99_us']['median'] / 1000:.2f} | {chk_s} |"
                    if nat and none else f"| {x['label']} | {c['median']:.1f} | | | | | | | |")
     out.append("")
-    if sc:
-        out.append("### Binding table at scale (`learn` from a header, max_sessions = 2N)")
+    for title, sc in (("", res.get("scale") or {}),
+                      (", native build", res.get("scale_native") or {})):
+        if not sc:
+            continue
+        out.append(f"### Binding table at scale (`learn` from a header, max_sessions = 2N{title})")
         out.append("")
         out.append(f"Baseline: the same filter with max_sessions = 8 holds "
                    f"{sc['baseline_rss_kib'] / 1024:.1f} MiB resident. Bytes per binding = (RSS filled − "
@@ -1207,8 +1270,9 @@ def parse_args(argv=None):
 
 def render(path: Path) -> int:
     res = json.loads(path.read_text())
-    if res.get("scale"):
-        res["scale"]["levels"] = {int(k): v for k, v in res["scale"]["levels"].items()}
+    for key in ("scale", "scale_native"):
+        if res.get(key):
+            res[key]["levels"] = {int(k): v for k, v in res[key]["levels"].items()}
     stem = "quick" if res["mode"] == "quick" else "latest"
     write_svg(res, RESULTS / f"{stem}.svg")
     md = markdown(res, f"bench/results/{stem}.svg")
@@ -1291,7 +1355,7 @@ def main(argv=None) -> int:
         runs = bench.variant_rounds()
         log("module load time")
         load = bench.load_time_samples(args.load_starts)
-        scale = bench.scale() if args.scale else None
+        scale = (bench.scale("tether"), bench.scale("tether-native")) if args.scale else None
         res = summarize(runs, scale, load, module, info, args, bench.checks, started)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     write_svg(res, RESULTS / f"{stem}.svg")

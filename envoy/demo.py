@@ -3,9 +3,11 @@
 foreground, until Ctrl-C (or SIGTERM), which stops every process it started and nothing else.
 
 With the default ports the config is envoy/envoy.yaml itself; other ports (`--port`,
-`--admin-port`, `--backend-ports`) run a copy of it with only those changed.
+`--admin-port`, `--backend-ports`) run a copy of it with only those changed. `--native` runs
+envoy/native.yaml, the dynamic module (`make run NATIVE=1`), instead.
 """
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -18,9 +20,9 @@ REPO = HERE.parent
 DEFAULT_PORTS = (10000, 9901, (8081, 8082, 8083))
 
 
-def config_for(port, admin_port, backend_ports) -> Path:
-    """envoy/envoy.yaml, or a copy of it on other ports."""
-    shipped = HERE / "envoy.yaml"
+def config_for(port, admin_port, backend_ports, native=False) -> Path:
+    """envoy/envoy.yaml (or native.yaml), or a copy of it on other ports."""
+    shipped = HERE / ("native.yaml" if native else "envoy.yaml")
     if (port, admin_port, tuple(backend_ports)) == DEFAULT_PORTS:
         return shipped
     import yaml  # from the venv `make run` sets up
@@ -58,9 +60,12 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=DEFAULT_PORTS[0])
     ap.add_argument("--admin-port", type=int, default=DEFAULT_PORTS[1])
     ap.add_argument("--backend-ports", default=",".join(map(str, DEFAULT_PORTS[2])))
+    ap.add_argument("--native", action="store_true",
+                    help="the dynamic module (target/native/libtether.so, envoy/native.yaml)")
     args = ap.parse_args()
     backend_ports = [int(p) for p in args.backend_ports.split(",")]
-    config = config_for(args.port, args.admin_port, backend_ports)
+    config = config_for(args.port, args.admin_port, backend_ports, args.native)
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(REPO / "target" / "native"))
 
     # Ctrl-C reaches every process of the terminal's group, these included; SIGTERM may reach
     # this one only. Either way this process stops them and waits, once.
@@ -91,7 +96,8 @@ def main() -> int:
               "Ctrl-C stops everything.\n", flush=True)
         envoy = subprocess.Popen(
             [args.envoy, "-c", str(config), "--concurrency", "2", "--disable-hot-restart",
-             "--log-level", "warn", "--component-log-level", "wasm:info"], cwd=REPO)
+             "--log-level", "warn", "--component-log-level", "wasm:info,dynamic_modules:info"],
+            cwd=REPO, env=env)
         procs.append(envoy)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)

@@ -117,7 +117,23 @@ impl TetherFilter {
         }
         // Counted in the next flush.
         self.tally.add(Metric::HostCallFailures, failed);
+        // Panics are caught in the hooks, where no stream's tally is at hand: whichever stream
+        // flushes next reports the ones not reported yet.
+        let new = unreported_panics(&REPORTED_PANICS, tether_abi::panics_caught());
+        if new > 0 {
+            if let Some(id) = self.config.metrics.panics() {
+                envoy.increment_counter(id, new);
+            }
+        }
     }
+}
+
+/// Panics caught in this process and reported to Envoy's stats so far.
+static REPORTED_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many of `caught` panics are not reported yet; marks them reported.
+fn unreported_panics(reported: &AtomicU64, caught: u64) -> u64 {
+    caught.saturating_sub(reported.fetch_max(caught, Ordering::Relaxed))
 }
 
 /// The request as the core asks for it: one header at a time, and the whole map (kept) once
@@ -449,6 +465,22 @@ mod tests {
             &[(":method", "GET"), (":path", "/"), ("cookie", token)],
         );
         with_host(|h| assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), true))));
+    }
+
+    #[test]
+    fn every_caught_panic_is_reported_once() {
+        use std::sync::atomic::AtomicU64;
+        let reported = AtomicU64::new(0);
+        assert_eq!(super::unreported_panics(&reported, 0), 0);
+        assert_eq!(super::unreported_panics(&reported, 2), 2);
+        assert_eq!(
+            super::unreported_panics(&reported, 2),
+            0,
+            "already reported"
+        );
+        // Two streams flushing at once: the later count only adds what is new.
+        assert_eq!(super::unreported_panics(&reported, 1), 0);
+        assert_eq!(super::unreported_panics(&reported, 5), 3);
     }
 
     #[test]

@@ -26,8 +26,12 @@ mod entry {
     tether_abi::declare_module!(crate::new_config);
 }
 
-/// Envoy's ids of tether's metrics, defined on one configuration.
-pub(crate) struct MetricIds(Vec<(Metric, Kind, MetricId)>);
+/// The native build's own counter: panics its hooks caught (the Wasm build cannot count its
+/// own: a panic ends its VM).
+pub(crate) const PANICS_METRIC: &str = "tether_panics";
+
+/// Envoy's ids of tether's metrics, defined on one configuration, and of `tether_panics`.
+pub(crate) struct MetricIds(Vec<(Metric, Kind, MetricId)>, Option<MetricId>);
 
 impl MetricIds {
     fn define(config: &mut ConfigHandle<'_>) -> MetricIds {
@@ -42,7 +46,15 @@ impl MetricIds {
                 None => warn!("tether: cannot define metric {}", m.name()),
             }
         }
-        MetricIds(ids)
+        let panics = config.define_counter(PANICS_METRIC);
+        if panics.is_none() {
+            warn!("tether: cannot define metric {PANICS_METRIC}");
+        }
+        MetricIds(ids, panics)
+    }
+
+    pub(crate) fn panics(&self) -> Option<MetricId> {
+        self.1
     }
 
     pub(crate) fn get(&self, metric: Metric) -> Option<(Kind, MetricId)> {

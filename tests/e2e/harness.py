@@ -37,6 +37,84 @@ HOST = "127.0.0.1"
 CLUSTER = "app"
 FILTER = "tether"
 
+# TETHER_BUILD=native runs the suite against the dynamic module (`make build-native`): every
+# config a test writes has its Wasm filter turned into the dynamic-module filter with the same
+# plugin JSON; nothing else of the Envoy set-up changes.
+BUILD = os.environ.get("TETHER_BUILD", "wasm")
+if BUILD not in ("wasm", "native"):
+    raise ValueError(f"TETHER_BUILD must be wasm or native, not {BUILD!r}")
+NATIVE_DIR = REPO / "target" / "native"
+NATIVE_SO = NATIVE_DIR / "libtether.so"
+# Where Envoy looks for lib<name>.so; inherited by every Envoy the tests start.
+os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(NATIVE_DIR)
+# The prefix Envoy gives the module's own metrics in /stats.
+STAT_PREFIX = "wasmcustom." if BUILD == "wasm" else "dynamicmodulescustom."
+# ... and in /stats/prometheus (the Wasm build's namespace is Envoy's custom one: no prefix).
+PROM_PREFIX = "" if BUILD == "wasm" else "envoy_dynamicmodulescustom_"
+# Envoy's logger for the module's own lines (`/logging?<name>=debug`).
+LOGGER = "wasm" if BUILD == "wasm" else "dynamic_modules"
+MODULE = WASM if BUILD == "wasm" else NATIVE_SO
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+NATIVE_FILTER_TYPE = ("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
+                      "DynamicModuleFilter")
+
+
+def native_filter_config(plugin_json_value: str) -> dict:
+    """The dynamic-module filter's typed_config carrying this plugin JSON (as envoy/native.yaml)."""
+    return {"@type": NATIVE_FILTER_TYPE,
+            "dynamic_module_config": {"name": "tether"},
+            "filter_name": "tether",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": plugin_json_value}}
+
+
+def filter_plugin_json(http_filter: dict) -> str:
+    """The plugin JSON of a tether filter entry, as either build carries it (Wasm
+    `configuration`, dynamic-module `filter_config`)."""
+    typed = http_filter["typed_config"]
+    if "filter_config" in typed:
+        return typed["filter_config"]["value"]
+    return typed["config"]["configuration"]["value"]
+
+
+def module_lines(output: str) -> list[str]:
+    """The lines of an Envoy log the module wrote itself: Envoy prefixes them with `wasm log`
+    (the Wasm build), or logs them under `dynamic_modules` with no source location (native)."""
+    return [line for line in output.splitlines()
+            if "wasm log" in line or "][dynamic_modules] [:]" in line]
+
+
+# The native build pins with Envoy's override-host call, which only picks an endpoint whose
+# health status the cluster allows (`common_lb_config.override_host_status`; by default not a
+# draining or unhealthy one). envoy/native.yaml allows every status, as the Wasm build's
+# `override_host` policy ignores health: a pinned session stays on its endpoint until it is gone.
+OVERRIDE_HOST_STATUSES = ["UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"]
+
+
+def for_build(doc):
+    """`doc` (a bootstrap, an LDS response, any part of one) for the build under test: with
+    TETHER_BUILD=native, each tether Wasm filter becomes the dynamic module, same JSON, and each
+    cluster allows the override-host call every health status, as envoy/native.yaml does."""
+    if BUILD == "wasm":
+        return doc
+    if isinstance(doc, dict):
+        clusters = doc.get("clusters")
+        for cluster in clusters if isinstance(clusters, list) else []:
+            if isinstance(cluster, dict):
+                cluster.setdefault("common_lb_config", {}).setdefault(
+                    "override_host_status", {"statuses": list(OVERRIDE_HOST_STATUSES)})
+        typed = doc.get("typed_config")
+        if (doc.get("name") == FILTER and isinstance(typed, dict)
+                and typed.get("@type") == WASM_FILTER_TYPE):
+            value = typed["config"].get("configuration", {}).get("value", "{}")
+            doc["typed_config"] = native_filter_config(value)
+        for v in doc.values():
+            for_build(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            for_build(v)
+    return doc
+
 # Sentinel: keep the plugin configuration exactly as shipped.
 SHIPPED = object()
 
@@ -393,7 +471,7 @@ def write_config(cfg: dict, path: Path) -> Path:
     import yaml
 
     path = Path(path)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.write_text(yaml.safe_dump(for_build(cfg), sort_keys=False))
     return path
 
 
@@ -407,8 +485,8 @@ def write_lds(path: Path, listeners: list[dict], version: str) -> Path:
     import yaml
 
     path = Path(path)
-    doc = {"version_info": version,
-           "resources": [{"@type": LISTENER_TYPE, **listener} for listener in listeners]}
+    doc = for_build({"version_info": version,
+                     "resources": [{"@type": LISTENER_TYPE, **listener} for listener in listeners]})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     os.replace(tmp, path)
@@ -446,7 +524,7 @@ def validate_plugin_config(plugin_config, workdir: Path | None = None,
     path = write_config(build_config(plugin_config=plugin_config), Path(name))
     cmd = [envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
            "--base-id", str(unique_base_id()), "--log-level", "info",
-           "--component-log-level", "wasm:debug"]
+           "--component-log-level", "wasm:debug,dynamic_modules:debug"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, timeout=timeout, cwd=str(tmp))
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
@@ -463,7 +541,7 @@ UNHEALTHY_STARTS: list[str] = []
 BAD_LOG = re.compile(r"panicked|critical|Uncaught|RuntimeError|wasm trap", re.IGNORECASE)
 
 # The tests read the module's own debug lines in Envoy's log.
-LOG_ARGS = ("--log-level", "info", "--component-log-level", "wasm:debug")
+LOG_ARGS = ("--log-level", "info", "--component-log-level", "wasm:debug,dynamic_modules:debug")
 
 
 class Envoy:

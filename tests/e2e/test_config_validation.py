@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import harness
 from harness import SHIPPED, validate_plugin_config
 
 def key(n=32):
@@ -129,8 +130,8 @@ def results(tmp_path_factory):
 
 
 def tether_lines(output: str) -> list[str]:
-    """Lines the module logged (Envoy prefixes them with `wasm log`)."""
-    return [line for line in output.splitlines() if "wasm log" in line]
+    """Lines the module logged."""
+    return harness.module_lines(output)
 
 
 def tail(output: str, n: int = 25) -> str:

@@ -2,6 +2,7 @@
 backend cannot replace tether's cookie (defect 7)."""
 import urllib.parse
 
+import harness
 from harness import COOKIE, pinned_client, wait_until
 
 
@@ -37,6 +38,6 @@ def test_a_backend_cannot_set_tethers_cookie(env):
     r = fresh.request("/again")
     assert r.header("set-cookie") == [] and fresh.jar[COOKIE] != "forged", r
     removed = wait_until(lambda: env.envoy.stats(r"tether_backend_cookies_removed")
-                         .get("wasmcustom.tether_backend_cookies_removed", 0) >= 2, 5,
+                         .get(f"{harness.STAT_PREFIX}tether_backend_cookies_removed", 0) >= 2, 5,
                          what="tether_backend_cookies_removed")
     assert removed

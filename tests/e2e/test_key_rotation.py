@@ -211,7 +211,7 @@ def listener_state(envoy) -> tuple[str | None, str | None, bool]:
     chain = listener["active_state"]["listener"]["filter_chains"][0]
     hcm = chain["filters"][0]["typed_config"]
     (tether,) = [f for f in hcm["http_filters"] if f["name"] == harness.FILTER]
-    value = tether["typed_config"]["config"]["configuration"]["value"]
+    value = harness.filter_plugin_json(tether)
     _, body = envoy.admin("/config_dump")
     (listeners,) = [c for c in json.loads(body)["configs"] if c["@type"].endswith("ListenersConfigDump")]
     return listeners.get("version_info"), value, "warming_state" in listener

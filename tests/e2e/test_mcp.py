@@ -67,7 +67,7 @@ def url(envoy) -> str:
 
 
 def counter(envoy, name: str) -> int:
-    return envoy.stats(name).get(f"wasmcustom.{name}", 0)
+    return envoy.stats(name).get(f"{harness.STAT_PREFIX}{name}", 0)
 
 
 def wait_counter(envoy, name: str, at_least: int, timeout: float = 5.0) -> int:
@@ -419,7 +419,7 @@ def test_without_envelopes_the_servers_id_is_bound_in_the_table_and_the_delete_f
             assert len({r["server"] for r in results}) == 1, line
             assert "GET 200" in line["http"] and "DELETE 200" in line["http"], line
         assert wait_counter(env, "tether_sessions_ended", 5) == 5
-        assert wait_until(lambda: env.stats("tether_live_bindings").get("wasmcustom.tether_live_bindings") == 0,
+        assert wait_until(lambda: env.stats("tether_live_bindings").get(f"{harness.STAT_PREFIX}tether_live_bindings") == 0,
                           5, what="no live binding after every DELETE")
     finally:
         stop_servers(servers)

@@ -1,7 +1,8 @@
 """tether's metrics (`tether_*`) as Envoy's /stats and /stats/prometheus show them.
 
 Envoy 1.40 lists them as `wasmcustom.tether_*` in /stats and as `tether_*` (no `envoy_` prefix)
-in /stats/prometheus.
+in /stats/prometheus; the native build's as `dynamicmodulescustom.tether_*` and
+`envoy_dynamicmodulescustom_tether_*`, with one more counter, `tether_panics`.
 
 Each worker hands its counts to Envoy once a second, so every check polls (bounded) until the
 figure arrives, then checks that it stays exact.
@@ -9,6 +10,7 @@ figure arrives, then checks that it stays exact.
 import re
 import time
 
+import harness
 from harness import COOKIE, pinned_client, wait_until
 
 COUNTERS = ["tether_sessions_issued", "tether_hits", "tether_rebinds", "tether_expired",
@@ -17,13 +19,15 @@ COUNTERS = ["tether_sessions_issued", "tether_hits", "tether_rebinds", "tether_e
             "tether_sessions_ended",
             "tether_write_failures", "tether_seal_failures", "tether_local_replies",
             "tether_backend_cookies_removed", "tether_ids_too_long", "tether_host_call_failures"]
+if harness.BUILD == "native":
+    COUNTERS.append("tether_panics")
 GAUGES = ["tether_live_bindings"]
 FLUSH_S = 1.0  # the filter's tick
 
 
 def tether_stats(stack) -> dict[str, int]:
-    prefix = "wasmcustom."
-    return {k[len(prefix):]: v for k, v in stack.envoy.stats("^wasmcustom\\.tether_").items()
+    prefix = harness.STAT_PREFIX
+    return {k[len(prefix):]: v for k, v in stack.envoy.stats("^" + re.escape(prefix) + "tether_").items()
             if k.startswith(prefix + "tether_")}
 
 
@@ -121,13 +125,14 @@ def test_prometheus_exposition_names_and_types(make_stack):
     settle(s, {"tether_hits": 1, "tether_sessions_issued": 1})
     status, body = s.envoy.admin("/stats/prometheus")
     assert status == 200
+    p = harness.PROM_PREFIX
     for name in COUNTERS:
-        assert re.search(rf"^# TYPE {name} counter$", body, re.M), f"{name} not a counter:\n{body[:400]}"
+        assert re.search(rf"^# TYPE {p}{name} counter$", body, re.M), f"{name} not a counter:\n{body[:400]}"
     for name in GAUGES:
-        assert re.search(rf"^# TYPE {name} gauge$", body, re.M), name
-    assert re.search(r"^tether_hits(\{\})? 1$", body, re.M), \
+        assert re.search(rf"^# TYPE {p}{name} gauge$", body, re.M), name
+    assert re.search(rf"^{p}tether_hits(\{{\}})? 1$", body, re.M), \
         [l for l in body.splitlines() if "tether_hits" in l]
-    assert re.search(r"^tether_sessions_issued(\{\})? 1$", body, re.M)
+    assert re.search(rf"^{p}tether_sessions_issued(\{{\}})? 1$", body, re.M)
 
 
 def admin_post(stack, path: str):
@@ -146,17 +151,17 @@ def test_decision_lines_follow_envoys_log_level(make_stack):
     first = r.backend
     wait_until(lambda: len([l for l in s.envoy.log().splitlines() if "decision=new" in l]) == 1,
                3.0, what="the decision=new line")
-    admin_post(s, "/logging?wasm=info")
+    admin_post(s, f"/logging?{harness.LOGGER}=info")
     time.sleep(FLUSH_S * 1.5)
     before = len([l for l in s.envoy.log().splitlines() if "decision=" in l])
     for _ in range(5):
         assert c.request("/").backend == first
     time.sleep(0.3)
     assert len([l for l in s.envoy.log().splitlines() if "decision=" in l]) == before
-    admin_post(s, "/logging?wasm=debug")
+    admin_post(s, f"/logging?{harness.LOGGER}=debug")
     time.sleep(FLUSH_S * 1.5)
     for _ in range(3):
         assert c.request("/").backend == first
     wait_until(lambda: len([l for l in s.envoy.log().splitlines() if "decision=hit" in l]) == 3,
-               3.0, what="3 decision=hit lines after /logging?wasm=debug")
+               3.0, what=f"3 decision=hit lines after /logging?{harness.LOGGER}=debug")
     settle(s, {"tether_hits": 8, "tether_sessions_issued": 1})

@@ -145,7 +145,7 @@ class ShippedEnvoy(Envoy):
         cmd = [harness.envoy_binary(), "-c", str(self.config_path),
                "--concurrency", str(self.concurrency),
                "--disable-hot-restart", "--base-id", str(harness.unique_base_id()),
-               "--log-level", "info", "--component-log-level", "wasm:debug",
+               "--log-level", "info", "--component-log-level", "wasm:debug,dynamic_modules:debug",
                *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=self._err, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(self.workdir),
