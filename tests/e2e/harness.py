@@ -404,6 +404,25 @@ def settled_rss(pid: int, seconds: float = 0.6) -> int:
     return rss_kb(pid)
 
 
+def heap_bytes(envoy) -> int:
+    """Bytes Envoy's allocator has handed out and not had back (admin /memory `allocated`).
+
+    Envoy's shared data and the native build's store live on this heap. Resident memory cannot
+    stand in for it: after a burst the allocator keeps freed pages resident and hands them out
+    again, so a table can grow by megabytes while VmRSS stays flat.
+    """
+    status, body = envoy.admin("/memory")
+    if status != 200:
+        raise RuntimeError(f"admin /memory answered {status}")
+    return int(json.loads(body)["allocated"])
+
+
+def settled_heap(envoy, seconds: float = 0.6) -> int:
+    """heap_bytes after a short pause, for the last answers' buffers to be freed."""
+    time.sleep(seconds)
+    return heap_bytes(envoy)
+
+
 class Pipeline:
     """One keep-alive connection; requests written in batches, then their responses read."""
 
