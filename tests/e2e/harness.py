@@ -91,6 +91,10 @@ def module_lines(output: str) -> list[str]:
 OVERRIDE_HOST_STATUSES = ["UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"]
 
 
+CLUSTER_FIELDS = {"load_assignment", "type", "cluster_type", "lb_policy", "connect_timeout",
+                  "eds_cluster_config"}
+
+
 def for_build(doc):
     """`doc` (a bootstrap, an LDS response, any part of one) for the build under test: with
     TETHER_BUILD=native, each tether Wasm filter becomes the dynamic module, same JSON, and each
@@ -100,7 +104,9 @@ def for_build(doc):
     if isinstance(doc, dict):
         clusters = doc.get("clusters")
         for cluster in clusters if isinstance(clusters, list) else []:
-            if isinstance(cluster, dict):
+            # a route's weighted_clusters are a list named `clusters` too: only cluster
+            # definitions take the LB setting
+            if isinstance(cluster, dict) and CLUSTER_FIELDS & cluster.keys():
                 cluster.setdefault("common_lb_config", {}).setdefault(
                     "override_host_status", {"statuses": list(OVERRIDE_HOST_STATUSES)})
         typed = doc.get("typed_config")
