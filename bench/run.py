@@ -227,7 +227,7 @@ VARIANTS = {
     "mcp-new": ("tether MCP envelope, new session", "tether", MCP_PLUGIN, "plain"),
     "learn": ("tether learn (header), returning", "tether", LEARN_PLUGIN, "learn-returning"),
     "learn-new": ("tether learn (header), new id", "tether", LEARN_PLUGIN, "learn-new"),
-    "source-ip": ("tether source_ip", "tether", plugin(type="source_ip"), "plain"),
+    "source-ip": ("tether source_ip", "tether", plugin(type="source_ip"), "source-ip"),
     # The floor of any proxy-wasm filter here: a module whose callbacks return at once
     # (bench/empty.wat), called back for every request like tether.
     "wasm-empty": ("empty proxy-wasm filter (floor of any wasm filter)", "empty", None, "plain"),
@@ -506,12 +506,12 @@ class Bench:
                 ids = (LEARN_HEADER, f"new-r{rnd}-%d", 10**9, n, 1, 0)
                 warm_ids = (LEARN_HEADER, f"warm-r{rnd}-%d", 10**9, max(1, self.args.warmup), 1, 0)
                 check = self.spread_check(c, [[(LEARN_HEADER, f"probe-r{rnd}-{i}")] for i in range(12)])
-            elif key.split("@")[0] == "source-ip":
+            elif shape == "source-ip":
                 first = c.request("/", cookie=None)
                 check = self.pin_check(c, first=first.backend, headers=[])
             else:  # plain: none, native-new, cookie-new
                 check = self.spread_check(c, [[] for _ in range(12)])
-                base = key.split("@")[0]
+                base = key.split("@")[0].removeprefix("n-")
                 if base in ("cookie-new", "native-new", "wasm-sticky-new"):
                     r = c.request("/", cookie=None)
                     name = {"native-new": "native",
