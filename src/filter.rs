@@ -10,8 +10,7 @@ use crate::config::Config;
 use crate::entropy::{Csprng, SystemEntropy};
 use crate::http::{HeaderOp, Headers, Request, Response};
 use crate::metrics::{to_i64, Kind, Metric, Tally};
-use crate::plugin::{Plugin, Stream};
-use crate::secret::process_secret;
+use crate::plugin::{self, Plugin, Stream};
 use crate::table::{Recent, SessionId, Store, StoreError};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
@@ -188,32 +187,10 @@ impl RootContext for TetherRoot {
                 return false;
             }
         };
-        let config = match Config::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                error!("tether: invalid plugin configuration: {e}");
-                return false;
-            }
+        let Some(started) = plugin::start(&bytes, &SharedData, &mut SystemEntropy) else {
+            return false;
         };
-        let secret = match process_secret(&SharedData, &mut SystemEntropy) {
-            Ok(secret) => secret,
-            Err(e) => {
-                error!("tether: no per-Envoy secret ({e:?}): cannot seal or hash sessions");
-                return false;
-            }
-        };
-        let plugin = Plugin::new(&config, &secret);
-        for table in plugin.tables() {
-            match table.prepare(&SharedData) {
-                Ok(created) if created > 0 => info!(
-                    "tether: binding table ready ({} buckets, {created} created)",
-                    table.bucket_count()
-                ),
-                Ok(_) => {}
-                Err(e) => warn!("tether: could not create the binding table: {e:?}"),
-            }
-        }
-        self.plugin = Some(Rc::new(plugin));
+        self.plugin = Some(Rc::new(started.plugin));
         define_metrics();
         if hostcalls::set_tick_period(TICK).is_err() {
             warn!("tether: no timer: metrics will not reach Envoy's stats");

@@ -5,8 +5,9 @@ use crate::config::{Config, SessionType, STRICT_HEADER};
 use crate::entropy::Entropy;
 use crate::http::{HeaderOp, Request, Response};
 use crate::policy::{Decision, Policy, PolicyState, ResponseAction};
-use crate::secret::Key;
+use crate::secret::{process_secret, Key};
 use crate::table::{BindingTable, Store};
+use log::{error, info, warn};
 
 pub struct Plugin {
     policies: Vec<Policy>,
@@ -32,6 +33,51 @@ pub struct RequestPlan<'a> {
     /// Client-sent copies of owned headers that were removed.
     pub forged_headers: usize,
     pub stream: Option<Stream>,
+}
+
+/// A configuration ready to serve: parsed, with the process secret and the plugin it compiles
+/// to, its binding tables created.
+pub struct Started {
+    pub config: Config,
+    pub secret: Key,
+    pub plugin: Plugin,
+}
+
+/// What both adapters do with the configuration Envoy hands them, once, on the main thread
+/// before any traffic (see `BindingTable::prepare`). `None` when it cannot serve: the reason is
+/// logged as one line and Envoy refuses the configuration. A table that could not be created
+/// is only warned about: its buckets are created again by the first request that needs them.
+pub fn start(bytes: &[u8], store: &dyn Store, entropy: &mut dyn Entropy) -> Option<Started> {
+    let config = match Config::parse(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("tether: invalid plugin configuration: {e}");
+            return None;
+        }
+    };
+    let secret = match process_secret(store, entropy) {
+        Ok(secret) => secret,
+        Err(e) => {
+            error!("tether: no per-Envoy secret ({e:?}): cannot seal or hash sessions");
+            return None;
+        }
+    };
+    let plugin = Plugin::new(&config, &secret);
+    for table in plugin.tables() {
+        match table.prepare(store) {
+            Ok(created) if created > 0 => info!(
+                "tether: binding table ready ({} buckets, {created} created)",
+                table.bucket_count()
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("tether: could not create the binding table: {e:?}"),
+        }
+    }
+    Some(Started {
+        config,
+        secret,
+        plugin,
+    })
 }
 
 impl Plugin {
@@ -172,5 +218,50 @@ impl Plugin {
         self.policies
             .get(stream.policy)
             .map_or(0, |p| p.on_stream_end(&stream.state, store, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entropy::SystemEntropy;
+    use crate::testing::FakeStore;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn a_started_configuration_has_its_tables_created_and_one_secret_for_the_process() {
+        let store = FakeStore::default();
+        let json = br#"{"type": "learn", "learn_from": "header", "session_name": "x-id", "max_sessions": 64}"#;
+        let first = start(json, &store, &mut SystemEntropy).map(|s| s.secret);
+        let keys = store.data.borrow().len();
+        // 64 sessions are 8 buckets of 8, and one key holds the process secret.
+        assert_eq!(keys, 8 + 1);
+        let again = start(json, &store, &mut SystemEntropy).map(|s| s.secret);
+        assert!(first.is_some());
+        assert_eq!(
+            first, again,
+            "a second configuration must share the process secret"
+        );
+        assert_eq!(store.data.borrow().len(), keys);
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_serve_is_refused() {
+        let store = FakeStore::default();
+        assert!(start(
+            br#"{"type": "cookie", "max_sessions": "many"}"#,
+            &store,
+            &mut SystemEntropy
+        )
+        .is_none());
+        assert!(start(b"not json", &store, &mut SystemEntropy).is_none());
+        struct Dry;
+        impl Entropy for Dry {
+            fn fill(&mut self, _: &mut [u8]) -> bool {
+                false
+            }
+        }
+        assert!(start(br#"{"type": "cookie"}"#, &store, &mut Dry).is_none());
     }
 }

@@ -199,27 +199,28 @@ pub struct ConfigHandle<'a> {
 impl ConfigHandle<'_> {
     /// A counter named `name` (no labels).
     pub fn define_counter(&mut self, name: &str) -> Option<MetricId> {
-        let mut id = 0usize;
-        // SAFETY: `ptr` is the live config object of this hook; the name is read during the
-        // call; no labels (null, 0); `id` is a valid out-pointer.
-        let result = unsafe {
-            sys::envoy_dynamic_module_callback_http_filter_config_define_counter(
-                self.ptr,
-                sys::ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null_mut(),
-                0,
-                &mut id,
-            )
-        };
-        (result == sys::METRICS_SUCCESS).then_some(MetricId(id))
+        self.define(
+            name,
+            sys::envoy_dynamic_module_callback_http_filter_config_define_counter,
+        )
     }
 
     /// A gauge named `name` (no labels).
     pub fn define_gauge(&mut self, name: &str) -> Option<MetricId> {
+        self.define(
+            name,
+            sys::envoy_dynamic_module_callback_http_filter_config_define_gauge,
+        )
+    }
+
+    /// Counters and gauges are defined by two callbacks of one signature.
+    fn define(&mut self, name: &str, callback: DefineMetric) -> Option<MetricId> {
         let mut id = 0usize;
-        // SAFETY: as in `define_counter`.
+        // SAFETY: `callback` is one of Envoy's define callbacks, declared in `sys`; `ptr` is
+        // the live config object of this hook; the name is read during the call; no labels
+        // (null, 0); `id` is a valid out-pointer.
         let result = unsafe {
-            sys::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            callback(
                 self.ptr,
                 sys::ModuleBuffer::of(name.as_bytes()),
                 std::ptr::null_mut(),
@@ -230,6 +231,15 @@ impl ConfigHandle<'_> {
         (result == sys::METRICS_SUCCESS).then_some(MetricId(id))
     }
 }
+
+/// The signature of `envoy_dynamic_module_callback_http_filter_config_define_{counter,gauge}`.
+type DefineMetric = unsafe extern "C" fn(
+    sys::ConfigEnvoyPtr,
+    sys::ModuleBuffer,
+    *mut sys::ModuleBuffer,
+    usize,
+    *mut usize,
+) -> u32;
 
 /// Envoy's side of one stream's filter, lent to a hook for its duration. Bytes read from it
 /// borrow it: a setter (`&mut self`) may invalidate them, and the borrow checker sees to it that

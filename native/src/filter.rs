@@ -136,34 +136,55 @@ fn unreported_panics(reported: &AtomicU64, caught: u64) -> u64 {
     caught.saturating_sub(reported.fetch_max(caught, Ordering::Relaxed))
 }
 
-/// The request as the core asks for it: one header at a time, and the whole map (kept) once
-/// every field of a header is wanted.
-struct HostRequest<'e, 'a> {
+/// One of the stream's header maps as the core asks for it: one header at a time, and the
+/// whole map (kept) once every field of a header is wanted.
+struct HostHeaders<'e, 'a> {
     envoy: &'e EnvoyFilter<'a>,
+    which: HeaderMap,
     map: Option<Headers>,
+}
+
+impl<'e, 'a> HostHeaders<'e, 'a> {
+    fn new(envoy: &'e EnvoyFilter<'a>, which: HeaderMap) -> Self {
+        HostHeaders {
+            envoy,
+            which,
+            map: None,
+        }
+    }
+
+    fn first(&mut self, name: &str) -> Option<Vec<u8>> {
+        match &self.map {
+            Some(map) => map.first(name).map(<[u8]>::to_vec),
+            None => self.envoy.header(self.which, name).map(<[u8]>::to_vec),
+        }
+    }
+
+    fn all(&mut self, name: &str) -> Vec<&[u8]> {
+        let (envoy, which) = (self.envoy, self.which);
+        self.map
+            .get_or_insert_with(|| whole_map(envoy, which))
+            .values(name)
+    }
+}
+
+/// The request as the core asks for it.
+struct HostRequest<'e, 'a> {
+    headers: HostHeaders<'e, 'a>,
     end_of_stream: bool,
 }
 
 impl Request for HostRequest<'_, '_> {
     fn first(&mut self, name: &str) -> Option<Vec<u8>> {
-        match &self.map {
-            Some(map) => map.first(name).map(<[u8]>::to_vec),
-            None => self
-                .envoy
-                .header(HeaderMap::Request, name)
-                .map(<[u8]>::to_vec),
-        }
+        self.headers.first(name)
     }
 
     fn all(&mut self, name: &str) -> Vec<&[u8]> {
-        let envoy = self.envoy;
-        self.map
-            .get_or_insert_with(|| whole_map(envoy, HeaderMap::Request))
-            .values(name)
+        self.headers.all(name)
     }
 
     fn source_address(&mut self) -> Option<String> {
-        text(self.envoy.attribute(Attribute::SourceAddress))
+        text(self.headers.envoy.attribute(Attribute::SourceAddress))
     }
 
     fn has_body(&self) -> bool {
@@ -173,38 +194,28 @@ impl Request for HostRequest<'_, '_> {
 
 /// The response as the core asks for it.
 struct HostResponse<'e, 'a> {
-    envoy: &'e EnvoyFilter<'a>,
-    map: Option<Headers>,
+    headers: HostHeaders<'e, 'a>,
     local_reply: Option<&'e str>,
 }
 
 impl Response for HostResponse<'_, '_> {
     fn first(&mut self, name: &str) -> Option<Vec<u8>> {
-        match &self.map {
-            Some(map) => map.first(name).map(<[u8]>::to_vec),
-            None => self
-                .envoy
-                .header(HeaderMap::Response, name)
-                .map(<[u8]>::to_vec),
-        }
+        self.headers.first(name)
     }
 
     fn all(&mut self, name: &str) -> Vec<&[u8]> {
-        let envoy = self.envoy;
-        self.map
-            .get_or_insert_with(|| whole_map(envoy, HeaderMap::Response))
-            .values(name)
+        self.headers.all(name)
     }
 
     fn upstream(&mut self) -> Option<String> {
-        text(self.envoy.attribute(Attribute::UpstreamAddress))
+        text(self.headers.envoy.attribute(Attribute::UpstreamAddress))
     }
 
     fn code_details(&mut self) -> Option<String> {
         // Envoy may not serve `response.code_details` as an attribute. Every answer Envoy makes
         // itself passes `on_local_reply` first, with its details; any other answer came from an
         // endpoint.
-        text(self.envoy.attribute(Attribute::ResponseCodeDetails)).or_else(|| {
+        text(self.headers.envoy.attribute(Attribute::ResponseCodeDetails)).or_else(|| {
             Some(
                 self.local_reply
                     .map_or_else(|| "via_upstream".to_string(), str::to_string),
@@ -213,7 +224,7 @@ impl Response for HostResponse<'_, '_> {
     }
 
     fn cluster(&mut self) -> Option<String> {
-        text(self.envoy.cluster_name())
+        text(self.headers.envoy.cluster_name())
     }
 }
 
@@ -245,8 +256,7 @@ impl Filter for TetherFilter {
         self.now_ms = now_ms();
         let plan = {
             let mut req = HostRequest {
-                envoy,
-                map: None,
+                headers: HostHeaders::new(envoy, HeaderMap::Request),
                 end_of_stream,
             };
             plugin.on_request(route.as_deref(), &mut req, store::global(), self.now_ms)
@@ -315,8 +325,7 @@ impl Filter for TetherFilter {
         let plugin = self.plugin.clone();
         let action = {
             let mut resp = HostResponse {
-                envoy,
-                map: None,
+                headers: HostHeaders::new(envoy, HeaderMap::Response),
                 local_reply: self.local_reply.as_deref(),
             };
             let now_ms = self.now_ms;

@@ -10,14 +10,14 @@
 mod filter;
 pub mod store;
 
-use log::{error, info, warn};
+use log::warn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tether::config::Config;
 use tether::entropy::SystemEntropy;
 use tether::metrics::{Kind, Metric};
-use tether::plugin::Plugin;
-use tether::secret::{process_secret, Key};
+use tether::plugin;
+use tether::secret::Key;
 use tether_abi::{ConfigHandle, EnvoyFilter, Filter, FilterConfig, MetricId};
 
 // Exporting Envoy's entry point is an unsafe attribute (`#[no_mangle]`): the adapter's only one.
@@ -81,37 +81,12 @@ fn new_config(
     _name: &[u8],
     bytes: &[u8],
 ) -> Option<Box<dyn FilterConfig>> {
-    let config = match Config::parse(bytes) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("tether: invalid plugin configuration: {e}");
-            return None;
-        }
-    };
-    let secret = match process_secret(store::global(), &mut SystemEntropy) {
-        Ok(secret) => secret,
-        Err(e) => {
-            error!("tether: no per-Envoy secret ({e:?}): cannot seal or hash sessions");
-            return None;
-        }
-    };
-    // Created here, on the main thread, before any traffic (see `BindingTable::prepare`).
-    let plugin = Plugin::new(&config, &secret);
-    for table in plugin.tables() {
-        match table.prepare(store::global()) {
-            Ok(created) if created > 0 => info!(
-                "tether: binding table ready ({} buckets, {created} created)",
-                table.bucket_count()
-            ),
-            Ok(_) => {}
-            Err(e) => warn!("tether: could not create the binding table: {e:?}"),
-        }
-    }
+    let started = plugin::start(bytes, store::global(), &mut SystemEntropy)?;
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     Some(Box::new(SharedConfig(Arc::new(TetherConfig {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        config,
-        secret,
+        config: started.config,
+        secret: started.secret,
         metrics: MetricIds::define(handle),
     }))))
 }

@@ -105,6 +105,15 @@ def pin_and_kill(envoy: Envoy, backends: dict[str, Backend]) -> tuple[Client, st
     return client, pinned
 
 
+def first_request(port: int):
+    """One request from a client with no session: where a new session lands."""
+    client = Client(port, fresh=True)
+    try:
+        return client.request("/")
+    finally:
+        client.close()
+
+
 def test_envoy_reports_the_abi_version_matched(native):
     assert MATCHED in native.log()
 
@@ -141,11 +150,7 @@ def test_a_cookie_session_stays_on_its_endpoint(native):
 def test_new_sessions_are_load_balanced(native):
     seen = Counter()
     for _ in range(12):
-        client = Client(native.port, fresh=True)
-        try:
-            r = client.request("/")
-        finally:
-            client.close()
+        r = first_request(native.port)
         assert r.status == 200 and r.set_cookie(harness.COOKIE) is not None, r
         seen[r.backend] += 1
     assert len(seen) == 3, seen
@@ -210,11 +215,7 @@ def test_a_route_named_in_the_config_gets_its_own_policy(tmp_path):
     with native_stack(tmp_path, plugin) as (envoy, _):
         seen = set()
         for _ in range(6):
-            client = Client(envoy.port, fresh=True)
-            try:
-                r = client.request("/")
-            finally:
-                client.close()
+            r = first_request(envoy.port)
             assert r.status == 200 and r.set_cookies == [], r
             seen.add(r.backend)
         assert len(seen) == 1, seen
