@@ -6,13 +6,12 @@
 //! VM for every later request on this worker. A host call whose failure the request can go
 //! on without is counted (`tether_host_call_failures`), never dropped unseen.
 
-use crate::config::Config;
 use crate::entropy::{Csprng, SystemEntropy};
 use crate::http::{HeaderOp, Headers, Request, Response};
 use crate::metrics::{to_i64, Kind, Metric, Tally};
 use crate::plugin::{self, Plugin, Stream};
 use crate::table::{Recent, SessionId, Store, StoreError};
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
