@@ -24,6 +24,7 @@ const FORMAT_VERSION: u8 = 3;
 use crate::pin::{Lifetimes, Pin};
 use std::fmt;
 use std::hash::Hasher;
+use std::rc::Rc;
 
 /// Bytes of a table id.
 pub const ID_LEN: usize = 16;
@@ -130,7 +131,7 @@ pub struct Binding {
 }
 
 /// Outcome of a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriteReport {
     /// CAS races lost before the write went through.
     pub cas_retries: usize,
@@ -139,6 +140,9 @@ pub struct WriteReport {
     /// Bindings in the bucket after the write minus before (new ids in, expired and evicted
     /// ones out): what the write changed in the table's size.
     pub bindings_delta: i64,
+    /// The same change per endpoint, only those whose count moved (the per-endpoint gauge):
+    /// a binding evicted or expired counts against its own endpoint, not the one written.
+    pub endpoint_deltas: Vec<(Rc<str>, i64)>,
 }
 
 impl WriteReport {
@@ -146,7 +150,44 @@ impl WriteReport {
         self.cas_retries += other.cas_retries;
         self.evicted_live += other.evicted_live;
         self.bindings_delta += other.bindings_delta;
+        for (endpoint, delta) in &other.endpoint_deltas {
+            add_endpoint_delta(&mut self.endpoint_deltas, endpoint, *delta);
+        }
     }
+}
+
+fn add_endpoint_delta(deltas: &mut Vec<(Rc<str>, i64)>, endpoint: &Rc<str>, delta: i64) {
+    match deltas.iter_mut().find(|(e, _)| e == endpoint) {
+        Some((_, d)) => *d += delta,
+        None => deltas.push((endpoint.clone(), delta)),
+    }
+    deltas.retain(|(_, d)| *d != 0);
+}
+
+/// How many bindings each endpoint gained (or lost) from `before` to `after`. A bucket holds a
+/// handful of bindings, and most writes (a touch, a rewrite of the same endpoint) change no
+/// endpoint's count and allocate nothing.
+fn endpoint_deltas(before: &[Binding], after: &[Binding]) -> Vec<(Rc<str>, i64)> {
+    let mut deltas = Vec::new();
+    let count = |entries: &[Binding], endpoint: &str| {
+        len_i64(
+            entries
+                .iter()
+                .filter(|b| &*b.pin.endpoint == endpoint)
+                .count(),
+        )
+    };
+    for b in before.iter().chain(after) {
+        let endpoint = &b.pin.endpoint;
+        if deltas.iter().any(|(e, _): &(Rc<str>, i64)| e == endpoint) {
+            continue;
+        }
+        let delta = count(after, endpoint) - count(before, endpoint);
+        if delta != 0 {
+            deltas.push((endpoint.clone(), delta));
+        }
+    }
+    deltas
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +385,7 @@ impl BindingTable {
                         cas_retries: attempt,
                         evicted_live,
                         bindings_delta: len_i64(entries.len()) - len_i64(before.len()),
+                        endpoint_deltas: endpoint_deltas(&before, &entries),
                     })
                 }
                 Err(StoreError::CasMismatch) => continue,
@@ -734,6 +776,51 @@ mod tests {
         for (i, id) in ids.iter().enumerate().skip(2) {
             assert!(live(&t, &store, id, 5_100), "slot {i}");
         }
+    }
+
+    #[test]
+    fn each_endpoint_gains_and_loses_its_own_bindings() {
+        let store = FakeStore::default();
+        let lt = Lifetimes {
+            absolute_ms: None,
+            idle_ms: Some(4_800),
+        };
+        let t = table(1000, lt);
+        let ids = colliding_ids(&t, SLOTS_PER_BUCKET + 2);
+        let put = |i: usize, endpoint: &str, t_ms: u64| {
+            t.put(&store, &seen(ids[i], endpoint, t_ms, t_ms), t_ms)
+                .unwrap()
+                .endpoint_deltas
+        };
+        let d = |pairs: &[(&str, i64)]| -> Vec<(Rc<str>, i64)> {
+            pairs.iter().map(|(e, n)| (Rc::from(*e), *n)).collect()
+        };
+        // Slot 0 on A expires by t=5000; the rest of the bucket fills on B.
+        assert_eq!(put(0, "A", 0), d(&[("A", 1)]));
+        for i in 1..SLOTS_PER_BUCKET {
+            assert_eq!(put(i, "B", 4_500), d(&[("B", 1)]));
+        }
+        assert_eq!(put(1, "B", 4_600), d(&[]), "a rewrite on the same endpoint");
+        assert_eq!(put(1, "C", 4_700), d(&[("B", -1), ("C", 1)]), "moved");
+        // A new id on C: A's expired binding made the room, and A lost it.
+        assert_eq!(put(SLOTS_PER_BUCKET, "C", 5_000), d(&[("A", -1), ("C", 1)]));
+        // Full of live ones: the least recently seen (a B) is evicted for a new one on A.
+        let r = t
+            .put(
+                &store,
+                &seen(ids[SLOTS_PER_BUCKET + 1], "A", 5_100, 5_100),
+                5_100,
+            )
+            .unwrap();
+        assert_eq!(r.evicted_live, 1);
+        assert_eq!(r.endpoint_deltas, d(&[("B", -1), ("A", 1)]));
+        let mut sum = WriteReport::default();
+        sum.add(&r);
+        sum.add(
+            &t.remove(&store, &ids[SLOTS_PER_BUCKET + 1], "A", 5_100)
+                .unwrap(),
+        );
+        assert_eq!(sum.endpoint_deltas, d(&[("B", -1)]), "A's +1 and -1 cancel");
     }
 
     #[test]
