@@ -6,6 +6,7 @@
 //! VM for every later request on this worker. A host call whose failure the request can go
 //! on without is counted (`tether_host_call_failures`), never dropped unseen.
 
+use crate::endpoints::{for_each_change, EndpointSeries, Series, SeriesSink};
 use crate::entropy::{Csprng, SystemEntropy};
 use crate::http::{HeaderOp, Headers, Request, Response};
 use crate::metrics::{to_i64, Kind, Metric, Tally};
@@ -43,6 +44,8 @@ thread_local! {
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
     /// Envoy's ids of the metrics, defined once per VM.
     static METRIC_IDS: RefCell<Vec<(Metric, u32)>> = const { RefCell::new(Vec::new()) };
+    /// This worker's per-endpoint series and their changes not yet handed to Envoy.
+    static ENDPOINTS: RefCell<EndpointSeries<u32>> = RefCell::new(EndpointSeries::default());
     /// This worker's random generator (token nonces), seeded from WASI's `random_get`.
     static RNG: RefCell<Csprng<SystemEntropy>> = const { RefCell::new(Csprng::new(SystemEntropy)) };
     /// When this worker last knew sessions' records fresh: a hot session's requests skip the
@@ -141,8 +144,43 @@ fn define_metrics() {
     });
 }
 
+/// Envoy's stats as the per-endpoint series' host: each series is its own metric, defined the
+/// first time it moves, under the stat name the shipped `stats_tags` split into tags.
+struct WasmStats {
+    failed: i64,
+}
+
+impl SeriesSink<u32> for WasmStats {
+    fn hand(&mut self, series: &Series<'_>, id: &mut Option<u32>, delta: i64) -> bool {
+        let defined = match id {
+            Some(id) => *id,
+            None => {
+                let kind = match series.metric.kind() {
+                    Kind::Counter => MetricType::Counter,
+                    Kind::Gauge => MetricType::Gauge,
+                };
+                match hostcalls::define_metric(kind, &series.stat_name()) {
+                    Ok(new) => *id.insert(new),
+                    Err(_) => {
+                        self.failed += 1;
+                        return false;
+                    }
+                }
+            }
+        };
+        let ok = hostcalls::increment_metric(defined, delta).is_ok();
+        if !ok {
+            self.failed += 1;
+        }
+        ok
+    }
+}
+
 /// Hands this worker's tally to Envoy: one host call per metric that changed.
 fn flush_metrics() {
+    let mut stats = WasmStats { failed: 0 };
+    ENDPOINTS.with(|e| e.borrow_mut().flush(&mut stats));
+    count(Metric::HostCallFailures, stats.failed);
     let deltas: Vec<(Metric, i64)> = TALLY.with(|t| t.borrow_mut().drain().collect());
     if deltas.is_empty() {
         return;
@@ -264,6 +302,8 @@ impl Request for HostRequest {
 /// call, kept) only once every field of a header is wanted.
 struct HostResponse {
     map: Option<Headers>,
+    /// The cluster, once read (the per-endpoint series may ask for it after the core did).
+    cluster: Option<Option<String>>,
 }
 
 impl Response for HostResponse {
@@ -293,7 +333,9 @@ impl Response for HostResponse {
     }
 
     fn cluster(&mut self) -> Option<String> {
-        property_text(vec!["xds", "cluster_name"])
+        self.cluster
+            .get_or_insert_with(|| property_text(vec!["xds", "cluster_name"]))
+            .clone()
     }
 }
 
@@ -343,7 +385,10 @@ impl HttpContext for TetherStream {
         let Some(stream) = self.stream.as_ref() else {
             return Action::Continue;
         };
-        let mut resp = HostResponse { map: None };
+        let mut resp = HostResponse {
+            map: None,
+            cluster: None,
+        };
         let action = RNG.with(|rng| {
             self.plugin.on_response(
                 stream,
@@ -354,6 +399,14 @@ impl HttpContext for TetherStream {
             )
         });
         TALLY.with(|t| t.borrow_mut().response(&action));
+        // Counted here, handed to Envoy on the tick: no host call unless this worker meets the
+        // endpoint for the first time and its cluster is read.
+        ENDPOINTS.with(|e| {
+            let mut e = e.borrow_mut();
+            for_each_change(&action, |metric, endpoint, delta| {
+                e.add(metric, endpoint, delta, &mut || resp.cluster());
+            });
+        });
         debug!(
             "tether[{}]: {} cas_retries={}",
             self.context_id, action.decision, action.writes.cas_retries

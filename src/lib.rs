@@ -10,6 +10,7 @@
 pub mod config;
 pub mod cookies;
 pub mod encoding;
+pub mod endpoints;
 pub mod entropy;
 pub mod http;
 pub mod metrics;
