@@ -25,6 +25,10 @@ pub struct Host {
     pub sent: Option<(u32, Pairs, Vec<u8>, Vec<u8>)>,
     /// Defined metrics by id: (name, value); gauges may go below zero.
     pub metrics: Vec<(String, i64)>,
+    /// The label names each metric was defined with, by id.
+    pub label_names: Vec<Vec<String>>,
+    /// The values of labelled metrics: (id, label values, value).
+    pub labeled: Vec<(usize, Vec<String>, i64)>,
     pub logs: Vec<(u32, String)>,
     /// Lines below this level are not enabled.
     pub log_level: u32,
@@ -46,6 +50,17 @@ pub fn with_host<T>(f: impl FnOnce(&mut Host) -> T) -> T {
 /// The metric's value by name.
 pub fn metric(name: &str) -> Option<i64> {
     with_host(|h| h.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+}
+
+/// The value of the labelled metric `name` with these label values.
+pub fn labeled_metric(name: &str, values: &[&str]) -> Option<i64> {
+    with_host(|h| {
+        let id = h.metrics.iter().position(|(n, _)| n == name)?;
+        h.labeled
+            .iter()
+            .find(|(i, v, _)| *i == id && v.iter().map(String::as_str).eq(values.iter().copied()))
+            .map(|(_, _, n)| *n)
+    })
 }
 
 /// A handle on the fake stream (its pointer is never dereferenced).
@@ -299,25 +314,67 @@ extern "C" fn envoy_dynamic_module_callback_http_clear_route_cache(_filter: *mut
     with_host(|h| h.route_cache_cleared += 1);
 }
 
-fn define(name: ModuleBuffer, id: *mut usize) -> u32 {
+/// Strings from an array of `n` module buffers (null for none).
+///
+/// # Safety
+/// `array` is null or points at `n` buffers, each valid as `bytes` requires.
+unsafe fn strings(array: *mut ModuleBuffer, n: usize) -> Vec<String> {
+    if array.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the caller's contract.
+    let buffers = unsafe { std::slice::from_raw_parts(array, n) };
+    buffers
+        .iter()
+        // SAFETY: each buffer is the module's live bytes.
+        .map(|b| String::from_utf8_lossy(&unsafe { bytes(*b) }.unwrap_or_default()).into_owned())
+        .collect()
+}
+
+/// Envoy's `envoy_dynamic_module_type_metrics_result_InvalidLabels`: a count of label values
+/// that is not the metric's count of labels.
+pub const METRICS_INVALID_LABELS: u32 = 2;
+const METRICS_NOT_FOUND: u32 = 1;
+
+fn define(name: ModuleBuffer, labels: Vec<String>, id: *mut usize) -> u32 {
     // SAFETY: the module's own live bytes.
     let name = unsafe { bytes(name) }.unwrap_or_default();
     with_host(|h| {
         h.metrics
             .push((String::from_utf8_lossy(&name).into_owned(), 0));
+        h.label_names.push(labels);
         // SAFETY: the module's valid out-pointer.
         unsafe { *id = h.metrics.len() - 1 };
     });
     crate::sys::METRICS_SUCCESS
 }
 
-fn bump(id: usize, delta: i64) -> u32 {
-    with_host(|h| match h.metrics.get_mut(id) {
-        Some((_, v)) => {
-            *v += delta;
-            crate::sys::METRICS_SUCCESS
+fn bump(id: usize, values: Vec<String>, delta: i64) -> u32 {
+    with_host(|h| {
+        let Some(names) = h.label_names.get(id) else {
+            return METRICS_NOT_FOUND;
+        };
+        if names.len() != values.len() {
+            return METRICS_INVALID_LABELS;
         }
-        None => 1,
+        if values.is_empty() {
+            return match h.metrics.get_mut(id) {
+                Some((_, v)) => {
+                    *v += delta;
+                    crate::sys::METRICS_SUCCESS
+                }
+                None => METRICS_NOT_FOUND,
+            };
+        }
+        match h
+            .labeled
+            .iter_mut()
+            .find(|(i, v, _)| *i == id && *v == values)
+        {
+            Some((_, _, n)) => *n += delta,
+            None => h.labeled.push((id, values, delta)),
+        }
+        crate::sys::METRICS_SUCCESS
     })
 }
 
@@ -325,53 +382,69 @@ fn bump(id: usize, delta: i64) -> u32 {
 extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
     _config: *mut c_void,
     name: ModuleBuffer,
-    _label_names: *mut ModuleBuffer,
-    _label_names_length: usize,
+    label_names: *mut ModuleBuffer,
+    label_names_length: usize,
     id: *mut usize,
 ) -> u32 {
-    define(name, id)
+    // SAFETY: the module passes its own array of that length.
+    define(
+        name,
+        unsafe { strings(label_names, label_names_length) },
+        id,
+    )
 }
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
     _config: *mut c_void,
     name: ModuleBuffer,
-    _label_names: *mut ModuleBuffer,
-    _label_names_length: usize,
+    label_names: *mut ModuleBuffer,
+    label_names_length: usize,
     id: *mut usize,
 ) -> u32 {
-    define(name, id)
+    // SAFETY: the module passes its own array of that length.
+    define(
+        name,
+        unsafe { strings(label_names, label_names_length) },
+        id,
+    )
 }
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
     _filter: *mut c_void,
     id: usize,
-    _label_values: *mut ModuleBuffer,
-    _label_values_length: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_length: usize,
     value: u64,
 ) -> u32 {
-    bump(id, i64::try_from(value).unwrap_or(i64::MAX))
+    // SAFETY: the module passes its own array of that length.
+    let values = unsafe { strings(label_values, label_values_length) };
+    bump(id, values, i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_increment_gauge(
     _filter: *mut c_void,
     id: usize,
-    _label_values: *mut ModuleBuffer,
-    _label_values_length: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_length: usize,
     value: u64,
 ) -> u32 {
-    bump(id, i64::try_from(value).unwrap_or(i64::MAX))
+    // SAFETY: the module passes its own array of that length.
+    let values = unsafe { strings(label_values, label_values_length) };
+    bump(id, values, i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
     _filter: *mut c_void,
     id: usize,
-    _label_values: *mut ModuleBuffer,
-    _label_values_length: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_length: usize,
     value: u64,
 ) -> u32 {
-    bump(id, -i64::try_from(value).unwrap_or(i64::MAX))
+    // SAFETY: the module passes its own array of that length.
+    let values = unsafe { strings(label_values, label_values_length) };
+    bump(id, values, -i64::try_from(value).unwrap_or(i64::MAX))
 }

@@ -199,32 +199,55 @@ pub struct ConfigHandle<'a> {
 impl ConfigHandle<'_> {
     /// A counter named `name` (no labels).
     pub fn define_counter(&mut self, name: &str) -> Option<MetricId> {
-        self.define(
-            name,
-            sys::envoy_dynamic_module_callback_http_filter_config_define_counter,
-        )
+        self.define_counter_with_labels(name, &[])
     }
 
     /// A gauge named `name` (no labels).
     pub fn define_gauge(&mut self, name: &str) -> Option<MetricId> {
+        self.define_gauge_with_labels(name, &[])
+    }
+
+    /// A counter named `name` whose every increment names a value for each of `labels`; Envoy
+    /// keeps one counter per set of values, shown with the labels as tags.
+    pub fn define_counter_with_labels(&mut self, name: &str, labels: &[&str]) -> Option<MetricId> {
         self.define(
             name,
+            labels,
+            sys::envoy_dynamic_module_callback_http_filter_config_define_counter,
+        )
+    }
+
+    /// A gauge with labels, as `define_counter_with_labels`.
+    pub fn define_gauge_with_labels(&mut self, name: &str, labels: &[&str]) -> Option<MetricId> {
+        self.define(
+            name,
+            labels,
             sys::envoy_dynamic_module_callback_http_filter_config_define_gauge,
         )
     }
 
     /// Counters and gauges are defined by two callbacks of one signature.
-    fn define(&mut self, name: &str, callback: DefineMetric) -> Option<MetricId> {
+    fn define(&mut self, name: &str, labels: &[&str], callback: DefineMetric) -> Option<MetricId> {
         let mut id = 0usize;
+        let mut names: Vec<sys::ModuleBuffer> = labels
+            .iter()
+            .map(|l| sys::ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let names_ptr = if names.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            names.as_mut_ptr()
+        };
         // SAFETY: `callback` is one of Envoy's define callbacks, declared in `sys`; `ptr` is
-        // the live config object of this hook; the name is read during the call; no labels
-        // (null, 0); `id` is a valid out-pointer.
+        // the live config object of this hook; the name and the label names (an array of
+        // `names.len()` buffers, or null for none) are read during the call; `id` is a valid
+        // out-pointer.
         let result = unsafe {
             callback(
                 self.ptr,
                 sys::ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null_mut(),
-                0,
+                names_ptr,
+                names.len(),
                 &mut id,
             )
         };
@@ -441,43 +464,87 @@ impl EnvoyFilter<'_> {
     }
 
     pub fn increment_counter(&mut self, id: MetricId, by: u64) -> bool {
-        // SAFETY: live filter; `id` came from the configuration that created it; no labels.
+        self.increment_counter_with_labels(id, &[], by)
+    }
+
+    /// Moves a gauge by `delta`, up or down.
+    pub fn add_to_gauge(&mut self, id: MetricId, delta: i64) -> bool {
+        self.add_to_gauge_with_labels(id, &[], delta)
+    }
+
+    /// Increments the counter of `id` that has these label values (one per label the metric
+    /// was defined with, in order); Envoy refuses another number of values.
+    pub fn increment_counter_with_labels(
+        &mut self,
+        id: MetricId,
+        values: &[&[u8]],
+        by: u64,
+    ) -> bool {
+        if values.len() > MAX_LABEL_VALUES {
+            return false;
+        }
+        let mut values = label_values(values);
+        let (ptr, len) = buffers_arg(&mut values);
+        // SAFETY: live filter; `id` came from the configuration that created it; the label
+        // values (an array of `len` buffers, or null for none) are read during the call.
         let r = unsafe {
             sys::envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.ptr,
-                id.0,
-                std::ptr::null_mut(),
-                0,
-                by,
+                self.ptr, id.0, ptr, len, by,
             )
         };
         r == sys::METRICS_SUCCESS
     }
 
-    /// Moves a gauge by `delta`, up or down.
-    pub fn add_to_gauge(&mut self, id: MetricId, delta: i64) -> bool {
+    /// Moves the gauge of `id` that has these label values by `delta`, up or down.
+    pub fn add_to_gauge_with_labels(&mut self, id: MetricId, values: &[&[u8]], delta: i64) -> bool {
+        if values.len() > MAX_LABEL_VALUES {
+            return false;
+        }
         let by = delta.unsigned_abs();
-        // SAFETY: as in `increment_counter`.
+        let mut values = label_values(values);
+        let (ptr, len) = buffers_arg(&mut values);
+        // SAFETY: as in `increment_counter_with_labels`.
         let r = unsafe {
             if delta >= 0 {
                 sys::envoy_dynamic_module_callback_http_filter_increment_gauge(
-                    self.ptr,
-                    id.0,
-                    std::ptr::null_mut(),
-                    0,
-                    by,
+                    self.ptr, id.0, ptr, len, by,
                 )
             } else {
                 sys::envoy_dynamic_module_callback_http_filter_decrement_gauge(
-                    self.ptr,
-                    id.0,
-                    std::ptr::null_mut(),
-                    0,
-                    by,
+                    self.ptr, id.0, ptr, len, by,
                 )
             }
         };
         r == sys::METRICS_SUCCESS
+    }
+}
+
+/// Label values an increment can name: on the stack, since increments are on the request path.
+pub const MAX_LABEL_VALUES: usize = 4;
+
+/// The values as Envoy's buffers (callers refuse more than `MAX_LABEL_VALUES` first).
+fn label_values(values: &[&[u8]]) -> LabelValues {
+    let mut buffers = [sys::ModuleBuffer::NULL; MAX_LABEL_VALUES];
+    for (b, v) in buffers.iter_mut().zip(values) {
+        *b = sys::ModuleBuffer::of(v);
+    }
+    LabelValues {
+        buffers,
+        len: values.len().min(MAX_LABEL_VALUES),
+    }
+}
+
+struct LabelValues {
+    buffers: [sys::ModuleBuffer; MAX_LABEL_VALUES],
+    len: usize,
+}
+
+/// The array argument as Envoy takes it: null when empty.
+fn buffers_arg(values: &mut LabelValues) -> (*mut sys::ModuleBuffer, usize) {
+    if values.len == 0 {
+        (std::ptr::null_mut(), 0)
+    } else {
+        (values.buffers.as_mut_ptr(), values.len)
     }
 }
 

@@ -119,6 +119,45 @@ fn metrics_are_defined_then_moved() {
     assert_eq!(fake_host::metric("tether_live_bindings"), Some(-2));
 }
 
+#[test]
+fn labelled_metrics_keep_one_value_per_set_of_label_values() {
+    fake_host::reset();
+    let hits = fake_host::config().define_counter_with_labels("hits", &["cluster", "endpoint"]);
+    let live = fake_host::config().define_gauge_with_labels("live", &["endpoint"]);
+    let (Some(hits), Some(live)) = (hits, live) else {
+        panic!("metrics not defined");
+    };
+    let labels = with_host(|h| h.label_names.clone());
+    assert_eq!(labels, vec![vec!["cluster", "endpoint"], vec!["endpoint"]]);
+    let mut envoy = fake_host::filter();
+    let a: &[&[u8]] = &[b"backend", b"127.0.0.1:1"];
+    let b: &[&[u8]] = &[b"backend", b"[::1]:2"];
+    assert!(envoy.increment_counter_with_labels(hits, a, 2));
+    assert!(envoy.increment_counter_with_labels(hits, b, 1));
+    assert!(envoy.increment_counter_with_labels(hits, a, 3));
+    assert!(envoy.add_to_gauge_with_labels(live, &[b"[::1]:2"], 2));
+    assert!(envoy.add_to_gauge_with_labels(live, &[b"[::1]:2"], -3));
+    assert_eq!(
+        fake_host::labeled_metric("hits", &["backend", "127.0.0.1:1"]),
+        Some(5)
+    );
+    assert_eq!(
+        fake_host::labeled_metric("hits", &["backend", "[::1]:2"]),
+        Some(1)
+    );
+    assert_eq!(fake_host::labeled_metric("live", &["[::1]:2"]), Some(-1));
+    // A wrong number of values is refused, and more than the stack holds is never passed.
+    assert!(!envoy.increment_counter_with_labels(hits, &[b"backend"], 1));
+    assert!(!envoy.increment_counter(hits, 1));
+    let five: &[&[u8]] = &[b"a", b"b", b"c", b"d", b"e"];
+    assert!(!envoy.increment_counter_with_labels(hits, five, 1));
+    assert_eq!(
+        fake_host::metric("hits"),
+        Some(0),
+        "the unlabelled value never moved"
+    );
+}
+
 struct Panicky {
     calls: std::rc::Rc<std::cell::Cell<usize>>,
 }
