@@ -343,6 +343,8 @@ impl Filter for TetherFilter {
             self.stream = Some(stream);
         }
         self.tally.response(&action);
+        let failed = crate::endpoints::record(envoy, &self.config.endpoint_metrics, &action);
+        self.tally.add(Metric::HostCallFailures, failed);
         debug!(
             "tether[{}]: {} cas_retries={}",
             self.id, action.decision, action.writes.cas_retries
@@ -405,6 +407,7 @@ mod tests {
             h.request = pairs(request);
             h.response = pairs(&[(":status", "200")]);
             h.attributes = vec![(attribute_id::UPSTREAM_ADDRESS, b"127.0.0.1:8081".to_vec())];
+            h.cluster = Some(b"backend".to_vec());
             h.override_host = None;
         });
         assert_eq!(
@@ -456,6 +459,62 @@ mod tests {
         });
         assert_eq!(fake_host::metric("tether_hits"), Some(1));
         assert_eq!(fake_host::metric("tether_forged_headers_removed"), Some(1));
+        let by_endpoint = ["backend", "127.0.0.1:8081"];
+        assert_eq!(
+            fake_host::labeled_metric("tether_endpoint_sessions_issued", &by_endpoint),
+            Some(1)
+        );
+        assert_eq!(
+            fake_host::labeled_metric("tether_endpoint_hits", &by_endpoint),
+            Some(1)
+        );
+        // Tokens hold no table: no binding gauge moved.
+        assert_eq!(with_host(|h| h.labeled.len()), 2);
+    }
+
+    #[test]
+    fn learned_bindings_count_per_endpoint_with_labels() {
+        fake_host::reset();
+        let json = br#"{"type": "learn", "learn_from": "header", "session_name": "x-session-id"}"#;
+        let config = new_config(&mut fake_host::config(), b"tether", json).unwrap();
+        let labels = with_host(|h| {
+            h.metrics
+                .iter()
+                .zip(&h.label_names)
+                .filter(|((n, _), _)| n.starts_with("tether_endpoint_"))
+                .map(|((n, _), l)| (n.clone(), l.join(",")))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(labels.len(), 5, "{labels:?}");
+        for (name, l) in &labels {
+            let want = if name == "tether_endpoint_live_bindings" {
+                "endpoint"
+            } else {
+                "cluster,endpoint"
+            };
+            assert_eq!(l, want, "{name}");
+        }
+        for (id, times) in [("a", 3), ("b", 1)] {
+            for _ in 0..times {
+                let mut f = config.new_filter(&mut fake_host::filter()).unwrap();
+                let req = [(":method", "GET"), (":path", "/"), ("x-session-id", id)];
+                stream(f.as_mut(), &req);
+            }
+        }
+        let e = ["backend", "127.0.0.1:8081"];
+        assert_eq!(
+            fake_host::labeled_metric("tether_endpoint_sessions_issued", &e),
+            Some(2)
+        );
+        assert_eq!(
+            fake_host::labeled_metric("tether_endpoint_hits", &e),
+            Some(2)
+        );
+        assert_eq!(
+            fake_host::labeled_metric("tether_endpoint_live_bindings", &["127.0.0.1:8081"]),
+            Some(2)
+        );
+        assert_eq!(fake_host::metric("tether_host_call_failures"), Some(0));
     }
 
     #[test]

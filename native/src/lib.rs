@@ -7,6 +7,7 @@
 //! instead of the routing header; the binding table and the per-Envoy secret live in this
 //! library's memory (`store`), which every worker shares; metrics go to Envoy as they happen.
 
+mod endpoints;
 mod filter;
 pub mod store;
 
@@ -73,6 +74,7 @@ pub(crate) struct TetherConfig {
     pub(crate) config: Config,
     pub(crate) secret: Key,
     pub(crate) metrics: MetricIds,
+    pub(crate) endpoint_metrics: endpoints::EndpointIds,
 }
 
 /// The module's configuration factory: the JSON the Wasm build takes, as `filter_config`.
@@ -88,6 +90,7 @@ fn new_config(
         config: started.config,
         secret: started.secret,
         metrics: MetricIds::define(handle),
+        endpoint_metrics: endpoints::EndpointIds::define(handle),
     }))))
 }
 
