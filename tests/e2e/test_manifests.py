@@ -79,9 +79,11 @@ EG_FALLBACK = {
 
 
 def manifest_files() -> list[Path]:
-    """Every YAML file under deploy/ but Prometheus' own configuration."""
+    """Every YAML file under deploy/ but Prometheus' and Grafana's own configuration (checked
+    by test_dashboards.py)."""
+    own = (PROMETHEUS_YML.parent, DEPLOY / "grafana")
     files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml")
-                   and PROMETHEUS_YML.parent not in p.parents)
+                   and not any(d in p.parents for d in own))
     return files
 
 
