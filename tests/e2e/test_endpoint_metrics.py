@@ -199,3 +199,19 @@ def test_endpoint_tags_hold_the_exact_address(make_stack):
     assert re.search(rf"^# TYPE {p}tether_endpoint_hits counter$", body, re.M)
     # No stat name was left unsplit (an endpoint in a metric's name).
     assert not [l for l in body.splitlines() if re.match(rf"{p}tether_endpoint_\w*127_0_0_1", l)]
+
+
+def test_every_bootstrap_that_loads_the_wasm_module_ships_the_same_stats_tags():
+    """The tags come from the bootstrap, not the module: a shipped config without them would show
+    every endpoint as a metric of its own."""
+    tags = harness.yaml_load(harness.ENVOY_YAML)["stats_config"]["stats_tags"]
+    assert [t["tag_name"] for t in tags] == ["cluster", "endpoint"]
+    loading = []
+    for path in sorted((harness.REPO / "envoy").glob("*.yaml")):
+        text = path.read_text()
+        if "tether.wasm" not in text:
+            continue
+        loading.append(path.name)
+        cfg = harness.yaml_load(path)
+        assert cfg.get("stats_config", {}).get("stats_tags") == tags, path.name
+    assert "envoy.yaml" in loading and len(loading) >= 4, loading
