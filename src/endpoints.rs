@@ -10,10 +10,12 @@
 //!
 //! The cluster of an endpoint's series is read once per worker, the first time a counter of that
 //! endpoint moves, so a returning request costs no property read: an address that serves in two
-//! clusters of one Envoy is counted under the first one its worker saw.
+//! clusters of one Envoy is counted under the first one its worker saw. The request's cluster is
+//! the served endpoint's; the endpoint a session left may be in another (a session on a dead
+//! canary moved to stable), so its cluster is the one the session recorded, when it did.
 
 use crate::metrics::Kind;
-use crate::policy::{Decision, ResponseAction};
+use crate::policy::{Decision, Found, ResponseAction};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
@@ -79,20 +81,50 @@ impl EndpointMetric {
     }
 }
 
+/// One per-endpoint change: the endpoint's cluster when something other than the request's
+/// cluster names it (`None`: the request's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change<'a> {
+    pub metric: EndpointMetric,
+    pub endpoint: &'a str,
+    pub cluster: Option<&'a str>,
+    pub delta: i64,
+}
+
 /// Calls `f` for every per-endpoint change a response made: its decision's counters, then the
-/// tables' per-endpoint gauge.
-pub fn for_each_change(action: &ResponseAction<'_>, mut f: impl FnMut(EndpointMetric, &str, i64)) {
+/// tables' per-endpoint gauge. `pinned`: what the request found (the session's recorded cluster
+/// is the one of the endpoint it leaves).
+pub fn for_each_change(action: &ResponseAction<'_>, pinned: &Found, mut f: impl FnMut(Change<'_>)) {
+    let mut counter = |metric, endpoint: &str, cluster| {
+        f(Change {
+            metric,
+            endpoint,
+            cluster,
+            delta: 1,
+        })
+    };
     match &action.decision {
-        Decision::Issued { endpoint, .. } => f(EndpointMetric::SessionsIssued, endpoint, 1),
-        Decision::Hit { endpoint, .. } => f(EndpointMetric::Hits, endpoint, 1),
+        Decision::Issued { endpoint, .. } => {
+            counter(EndpointMetric::SessionsIssued, endpoint, None)
+        }
+        Decision::Hit { endpoint, .. } => counter(EndpointMetric::Hits, endpoint, None),
         Decision::Rebound { from, to } => {
-            f(EndpointMetric::RebindsAway, from, 1);
-            f(EndpointMetric::RebindsTo, to, 1);
+            let recorded = match pinned {
+                Found::Pinned(pin) => pin.cluster.as_deref(),
+                _ => None,
+            };
+            counter(EndpointMetric::RebindsAway, from, recorded);
+            counter(EndpointMetric::RebindsTo, to, None);
         }
         _ => {}
     }
     for (endpoint, delta) in &action.writes.endpoint_deltas {
-        f(EndpointMetric::LiveBindings, endpoint, *delta);
+        f(Change {
+            metric: EndpointMetric::LiveBindings,
+            endpoint,
+            cluster: None,
+            delta: *delta,
+        });
     }
 }
 
@@ -178,13 +210,14 @@ impl<Id: Copy> EndpointSeries<Id> {
         }
     }
 
-    /// The slot of `endpoint` (created if there is room), its cluster read once by `cluster`
-    /// when a counter needs it.
+    /// The slot of `endpoint` (created if there is room), its cluster taken from `known` or read
+    /// once by `read` when a counter needs it.
     fn slot(
         &mut self,
         metric: EndpointMetric,
         endpoint: &str,
-        cluster: &mut dyn FnMut() -> Option<String>,
+        known: Option<&str>,
+        read: &mut dyn FnMut() -> Option<String>,
     ) -> &mut Slot<Id> {
         let index = match self.by_endpoint.get(endpoint) {
             Some(i) => Some(*i),
@@ -206,20 +239,24 @@ impl<Id: Copy> EndpointSeries<Id> {
             None => &mut self.other,
         };
         if metric.by_cluster() && slot.cluster.is_none() {
-            let name = cluster().unwrap_or_else(|| UNKNOWN_CLUSTER.to_string());
-            slot.cluster = Some(Rc::from(name));
+            let name = match known {
+                Some(c) => Rc::from(c),
+                None => Rc::from(read().unwrap_or_else(|| UNKNOWN_CLUSTER.to_string())),
+            };
+            slot.cluster = Some(name);
         }
         slot
     }
 
-    /// The series a change of `metric` on `endpoint` goes to (the adapter hands it over now).
+    /// The series a change goes to (the adapter hands it over now); `read` reads the request's
+    /// cluster.
     pub fn series(
         &mut self,
-        metric: EndpointMetric,
-        endpoint: &str,
-        cluster: &mut dyn FnMut() -> Option<String>,
+        change: &Change<'_>,
+        read: &mut dyn FnMut() -> Option<String>,
     ) -> Series<'_> {
-        let slot = self.slot(metric, endpoint, cluster);
+        let metric = change.metric;
+        let slot = self.slot(metric, change.endpoint, change.cluster, read);
         Series {
             metric,
             endpoint: &slot.endpoint,
@@ -231,17 +268,11 @@ impl<Id: Copy> EndpointSeries<Id> {
         }
     }
 
-    /// Adds a change to hand over later (`flush`).
-    pub fn add(
-        &mut self,
-        metric: EndpointMetric,
-        endpoint: &str,
-        delta: i64,
-        cluster: &mut dyn FnMut() -> Option<String>,
-    ) {
-        let slot = self.slot(metric, endpoint, cluster);
-        if let Some(p) = slot.pending.get_mut(metric.index()) {
-            *p = p.saturating_add(delta);
+    /// Adds a change to hand over later (`flush`); `read` reads the request's cluster.
+    pub fn add(&mut self, change: &Change<'_>, read: &mut dyn FnMut() -> Option<String>) {
+        let slot = self.slot(change.metric, change.endpoint, change.cluster, read);
+        if let Some(p) = slot.pending.get_mut(change.metric.index()) {
+            *p = p.saturating_add(change.delta);
             slot.dirty = true;
         }
     }
@@ -300,6 +331,8 @@ impl<Id: Copy> EndpointSeries<Id> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pin::Pin;
+    use crate::policy::Miss;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -334,8 +367,21 @@ mod tests {
 
     fn changes(a: &ResponseAction<'_>) -> Vec<(EndpointMetric, String, i64)> {
         let mut v = Vec::new();
-        for_each_change(a, |m, e, d| v.push((m, e.to_string(), d)));
+        for_each_change(a, &Found::New(Miss::NoToken), |c| {
+            assert_eq!(c.cluster, None, "{c:?}");
+            v.push((c.metric, c.endpoint.to_string(), c.delta))
+        });
         v
+    }
+
+    /// A change with the request's cluster.
+    fn ch(metric: EndpointMetric, endpoint: &str, delta: i64) -> Change<'_> {
+        Change {
+            metric,
+            endpoint,
+            cluster: None,
+            delta,
+        }
     }
 
     const A: &str = "127.0.0.1:8081";
@@ -347,7 +393,7 @@ mod tests {
         let e = |s: &str| Rc::<str>::from(s);
         let issued = Decision::Issued {
             endpoint: e(A),
-            miss: crate::policy::Miss::NoToken,
+            miss: Miss::NoToken,
         };
         assert_eq!(
             changes(&action(issued, &[(A, 1)])),
@@ -405,11 +451,11 @@ mod tests {
             reads += 1;
             Some("backend".to_string())
         };
-        series.add(EndpointMetric::LiveBindings, A, 1, &mut read);
+        series.add(&ch(EndpointMetric::LiveBindings, A, 1), &mut read);
         for _ in 0..5 {
-            series.add(EndpointMetric::Hits, A, 1, &mut read);
+            series.add(&ch(EndpointMetric::Hits, A, 1), &mut read);
         }
-        series.add(EndpointMetric::RebindsAway, A, 1, &mut read);
+        series.add(&ch(EndpointMetric::RebindsAway, A, 1), &mut read);
         assert_eq!(reads, 1);
         let mut host = Host::default();
         assert_eq!(series.flush(&mut host), 0);
@@ -428,7 +474,7 @@ mod tests {
             ])
         );
         // Defined once: a second flush hands only what changed, with the same ids.
-        series.add(EndpointMetric::Hits, A, 2, &mut || None);
+        series.add(&ch(EndpointMetric::Hits, A, 2), &mut || None);
         assert_eq!(series.flush(&mut host), 0);
         assert_eq!(host.defined.len(), 3);
         assert_eq!(
@@ -440,20 +486,54 @@ mod tests {
     }
 
     #[test]
+    fn the_endpoint_a_session_left_keeps_the_cluster_the_session_recorded() {
+        use EndpointMetric::*;
+        let mut a = ResponseAction::new(Decision::Rebound {
+            from: Rc::from(A),
+            to: Rc::from(B),
+        });
+        a.writes.endpoint_deltas = Vec::new();
+        let pinned = Found::Pinned(Pin::new(A, Some("app-canary"), 0));
+        let mut series = EndpointSeries::<usize>::default();
+        let mut seen = Vec::new();
+        for_each_change(&a, &pinned, |c| {
+            seen.push((c.metric, c.cluster.map(str::to_string)));
+            series.add(&c, &mut || Some("app-stable".to_string()));
+        });
+        assert_eq!(
+            seen,
+            vec![(RebindsAway, Some("app-canary".into())), (RebindsTo, None)]
+        );
+        let mut host = Host::default();
+        series.flush(&mut host);
+        assert_eq!(
+            host.totals,
+            HashMap::from([
+                (
+                    format!("tether_endpoint_rebinds_away.cluster=app-canary.endpoint={A}"),
+                    1
+                ),
+                (
+                    format!("tether_endpoint_rebinds_to.cluster=app-stable.endpoint={B}"),
+                    1
+                ),
+            ])
+        );
+    }
+
+    #[test]
     fn endpoints_past_the_bound_share_the_other_series() {
         let mut series = EndpointSeries::<usize>::with_cap(2);
         let mut read = || Some("c".to_string());
         for port in 0..10 {
             series.add(
-                EndpointMetric::Hits,
-                &format!("10.0.0.1:{port}"),
-                1,
+                &ch(EndpointMetric::Hits, &format!("10.0.0.1:{port}"), 1),
                 &mut read,
             );
         }
         // Not endpoints Envoy names: never a series of their own.
-        series.add(EndpointMetric::Hits, "", 1, &mut read);
-        series.add(EndpointMetric::Hits, &"9".repeat(65), 1, &mut read);
+        series.add(&ch(EndpointMetric::Hits, "", 1), &mut read);
+        series.add(&ch(EndpointMetric::Hits, &"9".repeat(65), 1), &mut read);
         assert_eq!(series.len(), 2);
         let mut host = Host::default();
         series.flush(&mut host);
@@ -466,14 +546,14 @@ mod tests {
             host.totals["tether_endpoint_hits.cluster=c.endpoint=10.0.0.1:1"],
             1
         );
-        let via = series.series(EndpointMetric::Hits, "10.0.0.9:1", &mut read);
+        let via = series.series(&ch(EndpointMetric::Hits, "10.0.0.9:1", 1), &mut read);
         assert_eq!((via.endpoint, via.cluster), (OTHER, Some(OTHER)));
     }
 
     #[test]
     fn a_refused_change_is_kept_for_the_next_flush() {
         let mut series = EndpointSeries::<usize>::default();
-        series.add(EndpointMetric::Hits, A, 3, &mut || None);
+        series.add(&ch(EndpointMetric::Hits, A, 3), &mut || None);
         let mut host = Host {
             refuse: true,
             ..Host::default()

@@ -403,8 +403,8 @@ impl HttpContext for TetherStream {
         // endpoint for the first time and its cluster is read.
         ENDPOINTS.with(|e| {
             let mut e = e.borrow_mut();
-            for_each_change(&action, |metric, endpoint, delta| {
-                e.add(metric, endpoint, delta, &mut || resp.cluster());
+            for_each_change(&action, stream.state.found(), |change| {
+                e.add(&change, &mut || resp.cluster());
             });
         });
         debug!(
