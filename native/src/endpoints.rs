@@ -7,7 +7,7 @@ use log::warn;
 use std::cell::RefCell;
 use tether::endpoints::{for_each_change, EndpointMetric, EndpointSeries};
 use tether::metrics::Kind;
-use tether::policy::ResponseAction;
+use tether::policy::{Found, ResponseAction};
 use tether_abi::{ConfigHandle, EnvoyFilter, MetricId};
 
 /// The labels of the per-cluster counters, in the order their values are passed.
@@ -49,20 +49,23 @@ impl EndpointIds {
     }
 }
 
-/// Hands a response's per-endpoint changes to Envoy; returns how many calls failed.
+/// Hands a response's per-endpoint changes to Envoy (`pinned`: what its request found); returns
+/// how many calls failed.
 pub(crate) fn record(
     envoy: &mut EnvoyFilter<'_>,
     ids: &EndpointIds,
     action: &ResponseAction<'_>,
+    pinned: &Found,
 ) -> i64 {
     let mut failed = 0;
     SERIES.with(|series| {
         let mut series = series.borrow_mut();
-        for_each_change(action, |metric, endpoint, delta| {
+        for_each_change(action, pinned, |change| {
+            let (metric, delta) = (change.metric, change.delta);
             let Some(id) = ids.get(metric) else {
                 return;
             };
-            let s = series.series(metric, endpoint, &mut || {
+            let s = series.series(&change, &mut || {
                 envoy
                     .cluster_name()
                     .and_then(|c| std::str::from_utf8(c).ok())

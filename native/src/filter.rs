@@ -339,12 +339,17 @@ impl Filter for TetherFilter {
                 )
             })
         };
+        let failed = crate::endpoints::record(
+            envoy,
+            &self.config.endpoint_metrics,
+            &action,
+            stream.state.found(),
+        );
+        self.tally.add(Metric::HostCallFailures, failed);
         if plugin.watches_stream_end(&stream) {
             self.stream = Some(stream);
         }
         self.tally.response(&action);
-        let failed = crate::endpoints::record(envoy, &self.config.endpoint_metrics, &action);
-        self.tally.add(Metric::HostCallFailures, failed);
         debug!(
             "tether[{}]: {} cas_retries={}",
             self.id, action.decision, action.writes.cas_retries
