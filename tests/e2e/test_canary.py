@@ -9,9 +9,11 @@ serving cluster in the session and sets x-tether-cluster on its later requests; 
 """
 import collections
 import json
+import time
 
 import pytest
 
+import harness
 from harness import COOKIE
 from topologies import module_topology, new_sessions, plugin, route, shipped, with_endpoints  # noqa: F401 - fixture
 
@@ -174,3 +176,27 @@ def test_sessions_leave_a_dead_canary(canary, module_topology):
             if not v.alive():
                 v.start()
         envoy.wait_health({v.port: True for v in victims}, timeout=10)
+
+
+def test_endpoint_figures_carry_each_endpoints_own_cluster(canary, module_topology):
+    """After the tests above (sessions in both clusters, a canary session moved to stable), every
+    per-endpoint series names the cluster its endpoint belongs to, the endpoint a session left
+    included, whichever worker counted it."""
+    from test_endpoint_metrics import samples
+
+    cluster_by_address = {b.address: cluster_of(name) for name, b in module_topology.backends.items()}
+    envoy = canary
+    c = envoy.client()
+    assert c.request("/figures").status == 200
+    assert c.request("/figures/again").status == 200
+    time.sleep(1.5)  # the Wasm build hands its figures over once a second
+    p = harness.PROM_PREFIX
+    seen = collections.defaultdict(set)
+    status, body = envoy.admin("/stats/prometheus")
+    assert status == 200
+    for name, labels, value in samples(body):
+        if name.startswith(p + "tether_endpoint_") and "cluster" in labels and value > 0:
+            assert cluster_by_address[labels["endpoint"]] == labels["cluster"], (name, labels)
+            seen[name[len(p):]].add(labels["cluster"])
+    assert seen["tether_endpoint_hits"] == {STABLE, CANARY}, dict(seen)
+    assert CANARY in seen["tether_endpoint_rebinds_away"], dict(seen)
