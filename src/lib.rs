@@ -3,7 +3,8 @@
 //! The pure core knows nothing of proxy-wasm and is tested natively and as
 //! wasm32-unknown-unknown in Node: `config` (the plugin JSON), `plugin` (routes, owned headers,
 //! one compiled policy per route), `policy` (the session families and their decisions),
-//! `outcome` (what a response says happened), `seal`, `secret`, `table`, `cookies`. `filter` is
+//! `outcome` (what a response says happened), `seal`, `secret`, `table`, `cookies`, `metrics` and
+//! `endpoints` (what is counted, in total and per endpoint). `filter` is
 //! the thin adapter that owns every host call, built only for the module's target,
 //! wasm32-wasip1.
 
