@@ -176,7 +176,8 @@ impl SeriesSink<u32> for WasmStats {
     }
 }
 
-/// Hands this worker's tally to Envoy: one host call per metric that changed.
+/// Hands this worker's tally and per-endpoint series to Envoy: one host call per metric or
+/// series that changed (and one more to define a series the first time it moves).
 fn flush_metrics() {
     let mut stats = WasmStats { failed: 0 };
     ENDPOINTS.with(|e| e.borrow_mut().flush(&mut stats));
