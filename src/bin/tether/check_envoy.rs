@@ -599,8 +599,8 @@ fn check_vm_ids(vm_ids: &[(String, Option<String>)], report: &mut Report) {
     }
 }
 
-/// Envoy's statuses; the override-host call of the native build skips an endpoint whose
-/// status is not listed, and the default lists only UNKNOWN, HEALTHY and DEGRADED.
+/// Envoy's endpoint statuses: the override-host call of the native build skips an endpoint
+/// whose status its cluster does not list.
 const ALL_HOST_STATUSES: &[&str] = &[
     "UNKNOWN",
     "HEALTHY",
@@ -609,6 +609,9 @@ const ALL_HOST_STATUSES: &[&str] = &[
     "TIMEOUT",
     "DEGRADED",
 ];
+
+/// What the override-host call accepts when a cluster does not say.
+const DEFAULT_HOST_STATUSES: &[&str] = &["UNKNOWN", "HEALTHY", "DEGRADED"];
 
 fn check_cluster(cpath: &str, cluster: &Value, need: &Needs, report: &mut Report) {
     let checks: Vec<(usize, &Value)> = items(Some(cluster), "health_checks").collect();
@@ -646,13 +649,15 @@ fn check_cluster(cpath: &str, cluster: &Value, need: &Needs, report: &mut Report
         check_upstream_strip(cpath, cluster, need, report);
     }
     if need.native {
-        let listed: Vec<&str> = cluster
+        let listed: Vec<&str> = match cluster
             .get("common_lb_config")
             .and_then(|c| c.get("override_host_status"))
-            .into_iter()
-            .flat_map(|o| items(Some(o), "statuses"))
-            .filter_map(|(_, s)| s.as_str())
-            .collect();
+        {
+            Some(o) => items(Some(o), "statuses")
+                .filter_map(|(_, s)| s.as_str())
+                .collect(),
+            None => DEFAULT_HOST_STATUSES.to_vec(),
+        };
         let missing: Vec<&str> = ALL_HOST_STATUSES
             .iter()
             .copied()
@@ -846,5 +851,117 @@ fn is_zero(v: &Value) -> bool {
         Value::Number(n) => n.as_f64() == Some(0.0),
         Value::Object(o) => o.values().all(|x| x.as_f64() == Some(0.0)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A connection manager with tether (Wasm, `plugin` as its JSON) before the router, and
+    /// `routes` in one virtual host.
+    fn bootstrap(plugin: &str, routes: Value, clusters: Value) -> Value {
+        json!({"static_resources": {
+            "listeners": [{"name": "l", "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "upgrade_configs": [{"upgrade_type": "websocket"}],
+                    "route_config": {"virtual_hosts": [{"name": "v", "routes": routes,
+                        "retry_policy": {"retry_on": "connect-failure,reset",
+                            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+                            "host_selection_retry_max_attempts": "5"}}]},
+                    "http_filters": [
+                        {"name": "tether", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                            "config": {"configuration": {"value": plugin},
+                                       "vm_config": {"vm_id": "tether"}}}},
+                        {"name": "envoy.filters.http.router", "typed_config": {}}]}}]}]}],
+            "clusters": clusters}})
+    }
+
+    fn lines(r: &Report) -> Vec<String> {
+        r.findings.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_virtual_hosts_retry_policy_serves_its_routes_and_unknown_clusters_are_noted() {
+        let r = check(&bootstrap(
+            "{}",
+            json!([{"name": "a", "match": {"prefix": "/"}, "route": {"cluster": "elsewhere"}}]),
+            json!([]),
+        ));
+        assert!(r.findings.is_empty(), "{:?}", lines(&r));
+        assert_eq!(r.routes, 1);
+        assert_eq!(r.notes.len(), 1);
+        assert!(
+            r.notes[0].starts_with("cluster elsewhere (used by "),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn routes_tether_does_not_serve_are_not_checked() {
+        let routes = json!([
+            {"name": "off", "match": {"prefix": "/a"}, "route": {"cluster": "c"}},
+            {"name": "per-filter", "match": {"prefix": "/b"}, "route": {"cluster": "c"},
+             "typed_per_filter_config": {"tether": {"disabled": true}}},
+            {"name": "redirect", "match": {"prefix": "/c"}, "redirect": {"path_redirect": "/"}}
+        ]);
+        let r = check(&bootstrap(
+            r#"{"routes": {"off": {"disabled": true}}}"#,
+            routes,
+            json!([{"name": "c"}]),
+        ));
+        assert_eq!(r.routes, 0);
+        assert_eq!(r.clusters, 0, "no served route sends traffic to c");
+        assert!(r.findings.is_empty(), "{:?}", lines(&r));
+    }
+
+    #[test]
+    fn a_cluster_of_a_served_route_is_held_to_every_requirement() {
+        let r = check(&bootstrap(
+            "{}",
+            json!([{"name": "a", "match": {"prefix": "/"}, "route": {"cluster": "c"}}]),
+            json!([{"name": "c"}]),
+        ));
+        let found = lines(&r);
+        let problems: Vec<&str> = r.findings.iter().map(|f| f.problem.as_str()).collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(problems[0].starts_with("no active health checks"));
+        assert!(problems[1].starts_with("no retry budget"));
+        assert!(problems[2].starts_with("no override_host load-balancing policy"));
+        assert!(problems[3].starts_with("nothing removes x-tether-host upstream"));
+        assert!(r
+            .findings
+            .iter()
+            .all(|f| f.path == "static_resources.clusters[0] (c)"));
+    }
+
+    #[test]
+    fn routes_from_rds_are_noted_not_guessed() {
+        let mut b = bootstrap("{}", json!([]), json!([]));
+        let hcm = b
+            .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
+            .and_then(Value::as_object_mut)
+            .unwrap();
+        hcm.remove("route_config");
+        hcm.insert("rds".into(), json!({"route_config_name": "r"}));
+        let r = check(&b);
+        assert!(r.findings.is_empty());
+        assert!(r.notes[0].ends_with("routes come from RDS: not checked"));
+    }
+
+    #[test]
+    fn protobuf_numbers_and_durations_in_their_json_forms() {
+        assert_eq!(value_u64(&json!(5)), Some(5));
+        assert_eq!(value_u64(&json!("5")), Some(5));
+        assert_eq!(value_u64(&json!({"value": 5})), Some(5));
+        assert_eq!(value_u64(&json!("five")), None);
+        assert!(is_zero(&json!("0s")) && is_zero(&json!("0.000s")) && is_zero(&json!(0)));
+        assert!(is_zero(&json!({"seconds": 0})));
+        assert!(!is_zero(&json!("2s")) && !is_zero(&json!({"seconds": 1})));
     }
 }
