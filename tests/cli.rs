@@ -298,7 +298,7 @@ fn broken() -> Vec<Broken> {
             base: "envoy/envoy.yaml",
             what: "one host selection per retry",
             change: |v| remove(v, &format!("{HCM}/route_config/virtual_hosts/0/routes/1/route/retry_policy/host_selection_retry_max_attempts")),
-            expect: "…route.retry_policy: host_selection_retry_max_attempts is below 2",
+            expect: "…route.retry_policy: no host_selection_retry_max_attempts",
         },
         Broken {
             base: "envoy/envoy.yaml",

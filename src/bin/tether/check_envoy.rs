@@ -557,10 +557,15 @@ fn check_retries(apath: &str, action: &Value, vhost: &Value, vpath: &str, report
         .get("host_selection_retry_max_attempts")
         .and_then(value_u64);
     if attempts.is_none_or(|a| a < 2) {
+        let what = match attempts {
+            None => "no host_selection_retry_max_attempts (Envoy selects again once)".to_string(),
+            Some(a) => format!("host_selection_retry_max_attempts is {a}"),
+        };
         report.find(
             &ppath,
-            "host_selection_retry_max_attempts is below 2: the retry's host selection may \
-             settle on the pinned dead endpoint again",
+            format!(
+                "{what}: the retry's host selection may settle on the pinned dead endpoint again"
+            ),
             "set host_selection_retry_max_attempts: 5",
         );
     }
