@@ -100,6 +100,12 @@ fn from_documents(documents: &[Value], name: &str) -> Result<Vec<Found>, String>
                 }
             }
             Some(_) => {}
+            None if doc.get("static_resources").is_some() => {
+                return Err(format!(
+                    "{at} is an Envoy bootstrap: tether check-envoy checks it, and the plugin \
+                     configuration of each of its tether filters"
+                ))
+            }
             None => found.push(found_at(at, Some(doc))?),
         }
     }
@@ -354,6 +360,8 @@ mod tests {
         );
         assert!(found[1].json.is_empty(), "no config: every default");
         assert!(plugin_configs(b"kind: Service\napiVersion: v1\n", "s.yaml").is_err());
+        let bootstrap = plugin_configs(b"static_resources: {}\n", "envoy.yaml").unwrap_err();
+        assert!(bootstrap.contains("tether check-envoy"), "{bootstrap}");
     }
 
     #[test]
