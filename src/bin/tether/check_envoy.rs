@@ -636,6 +636,15 @@ fn check_cluster(cpath: &str, cluster: &Value, need: &Needs, report: &mut Report
             );
         }
     }
+    if cluster.get("outlier_detection").is_none() {
+        report.find(
+            cpath,
+            "no outlier detection: between two health checks, new sessions still go to an \
+             endpoint that fails",
+            "add outlier_detection (envoy/envoy.yaml's: consecutive_5xx, \
+             consecutive_local_origin_failure, split_external_local_origin_errors)",
+        );
+    }
     let budget = cluster
         .get("circuit_breakers")
         .into_iter()
@@ -934,11 +943,12 @@ mod tests {
         ));
         let found = lines(&r);
         let problems: Vec<&str> = r.findings.iter().map(|f| f.problem.as_str()).collect();
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
         assert!(problems[0].starts_with("no active health checks"));
-        assert!(problems[1].starts_with("no retry budget"));
-        assert!(problems[2].starts_with("no override_host load-balancing policy"));
-        assert!(problems[3].starts_with("nothing removes x-tether-host upstream"));
+        assert!(problems[1].starts_with("no outlier detection"));
+        assert!(problems[2].starts_with("no retry budget"));
+        assert!(problems[3].starts_with("no override_host load-balancing policy"));
+        assert!(problems[4].starts_with("nothing removes x-tether-host upstream"));
         assert!(r
             .findings
             .iter()
