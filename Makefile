@@ -50,12 +50,16 @@ proxy_on_queue_ready,proxy_on_new_connection,proxy_on_downstream_data,$\
 proxy_on_downstream_connection_close,proxy_on_upstream_data,proxy_on_upstream_connection_close,$\
 proxy_on_foreign_function
 
+# The module (`--lib`: the `tether` command is native only), then the command itself.
+CLI := target/release/tether
 build: target $(WASM_OPT)
-	cargo build --release --target $(TARGET)
+	cargo build --release --target $(TARGET) --lib
 	$(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	  --enable-mutable-globals --remove-exports --pass-arg=remove-exports@$(UNUSED_EXPORTS) \
 	  $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+	cargo build --release --bin tether
+	@echo "command: $(CLI)"
 
 # The same core as an Envoy dynamic module (Linux): Envoy loads lib<name>.so from
 # ENVOY_DYNAMIC_MODULES_SEARCH_PATH, so cargo's libtether_native.so is copied to libtether.so.
