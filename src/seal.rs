@@ -271,11 +271,7 @@ impl Sealer {
         #[cfg(any(test, feature = "testing"))]
         self.decrypts.set(self.decrypts.get().saturating_add(1));
         let raw = base64url_decode(text)?;
-        let (&version, rest) = raw.split_first()?;
-        if version != VERSION || rest.len() < NONCE_LEN + TAG_LEN {
-            return None;
-        }
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let (nonce, sealed) = frame(&raw).ok()?;
         let nonce = XNonce::from_slice(nonce);
         let aad = self.aad(bound_to);
         self.ciphers.iter().find_map(|cipher| {
@@ -291,6 +287,54 @@ impl Sealer {
             decode_pin(&plain)
         })
     }
+}
+
+/// Why a text is not a token at all, whatever the keys: what an operator's tool says before it
+/// tries any key (a token that has the form but opens under no key is told apart from these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormError {
+    /// Longer than any token tether issues (`MAX_TOKEN_LEN`).
+    TooLong,
+    /// Not canonical unpadded base64url.
+    NotBase64url,
+    /// Another token format: its first byte names this version, not tether's.
+    Version(u8),
+    /// Shorter than a nonce and a tag.
+    TooShort,
+}
+
+impl fmt::Display for FormError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FormError::TooLong => write!(f, "longer than {MAX_TOKEN_LEN} characters"),
+            FormError::NotBase64url => f.write_str("not unpadded base64url"),
+            FormError::Version(v) => {
+                write!(f, "format version {v}, not {VERSION} (not this tether's)")
+            }
+            FormError::TooShort => f.write_str("too short to hold a nonce and a tag"),
+        }
+    }
+}
+
+/// Whether `text` has the form of a token (the checks `Sealer` makes before the AEAD).
+pub fn check_form(text: &[u8]) -> Result<(), FormError> {
+    if text.len() > MAX_TOKEN_LEN {
+        return Err(FormError::TooLong);
+    }
+    let raw = base64url_decode(text).ok_or(FormError::NotBase64url)?;
+    frame(&raw).map(|_| ())
+}
+
+/// A decoded token's nonce and sealed bytes.
+fn frame(raw: &[u8]) -> Result<(&[u8], &[u8]), FormError> {
+    let (&version, rest) = raw.split_first().ok_or(FormError::TooShort)?;
+    if version != VERSION {
+        return Err(FormError::Version(version));
+    }
+    if rest.len() < NONCE_LEN + TAG_LEN {
+        return Err(FormError::TooShort);
+    }
+    Ok(rest.split_at(NONCE_LEN))
 }
 
 /// The plaintext: created (8, LE), last seen (8, LE), endpoint length (1) and bytes, cluster
@@ -384,6 +428,19 @@ mod tests {
         };
         let t3 = s.seal(&no_cluster, b"", &mut SystemEntropy).unwrap();
         assert_eq!(s.open(t3.as_bytes(), b""), Some(no_cluster));
+    }
+
+    #[test]
+    fn the_form_of_a_token_is_told_before_any_key() {
+        let s = Sealer::new(&[[1; 32]], Carrier::Cookie, "tether");
+        let t = s.seal(&pin(), b"", &mut SystemEntropy).unwrap();
+        assert_eq!(check_form(t.as_bytes()), Ok(()));
+        assert_eq!(check_form(b"not a token!"), Err(FormError::NotBase64url));
+        assert_eq!(check_form(b""), Err(FormError::TooShort));
+        assert_eq!(check_form(b"AQID"), Err(FormError::Version(1)));
+        assert_eq!(check_form(b"AgID"), Err(FormError::TooShort));
+        let long = "A".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(check_form(long.as_bytes()), Err(FormError::TooLong));
     }
 
     #[test]

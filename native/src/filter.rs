@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tether::entropy::{Csprng, SystemEntropy};
-use tether::http::{HeaderOp, Headers, Request, Response};
+use tether::http::{HeaderOp, Request, Response};
 use tether::metrics::{to_i64, Kind, Metric, Tally};
 use tether::plugin::{Plugin, Stream};
 use tether_abi::{Attribute, EnvoyFilter, Filter, HeaderMap, Status};
@@ -62,16 +62,6 @@ fn text(bytes: Option<&[u8]>) -> Option<String> {
     bytes
         .and_then(|b| std::str::from_utf8(b).ok())
         .map(str::to_string)
-}
-
-fn whole_map(envoy: &EnvoyFilter<'_>, map: HeaderMap) -> Headers {
-    Headers::new(
-        envoy
-            .headers(map)
-            .into_iter()
-            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
-            .collect(),
-    )
 }
 
 pub(crate) struct TetherFilter {
@@ -136,35 +126,35 @@ fn unreported_panics(reported: &AtomicU64, caught: u64) -> u64 {
     caught.saturating_sub(reported.fetch_max(caught, Ordering::Relaxed))
 }
 
-/// One of the stream's header maps as the core asks for it: one header at a time, and the
-/// whole map (kept) once every field of a header is wanted.
+/// One of the stream's header maps as the core asks for it, read whole once per hook and
+/// borrowed from Envoy: one call however many headers the core looks at (the token, the
+/// owned headers, `:status`, `Set-Cookie`), and no copy of any it does not keep.
 struct HostHeaders<'e, 'a> {
     envoy: &'e EnvoyFilter<'a>,
-    which: HeaderMap,
-    map: Option<Headers>,
+    map: Vec<(&'e [u8], &'e [u8])>,
 }
 
 impl<'e, 'a> HostHeaders<'e, 'a> {
     fn new(envoy: &'e EnvoyFilter<'a>, which: HeaderMap) -> Self {
         HostHeaders {
             envoy,
-            which,
-            map: None,
+            map: envoy.headers(which),
         }
+    }
+
+    fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'e [u8]> + 's {
+        self.map
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| *v)
     }
 
     fn first(&mut self, name: &str) -> Option<Vec<u8>> {
-        match &self.map {
-            Some(map) => map.first(name).map(<[u8]>::to_vec),
-            None => self.envoy.header(self.which, name).map(<[u8]>::to_vec),
-        }
+        self.values(name).next().map(<[u8]>::to_vec)
     }
 
     fn all(&mut self, name: &str) -> Vec<&[u8]> {
-        let (envoy, which) = (self.envoy, self.which);
-        self.map
-            .get_or_insert_with(|| whole_map(envoy, which))
-            .values(name)
+        self.values(name).collect()
     }
 }
 
@@ -228,20 +218,13 @@ impl Response for HostResponse<'_, '_> {
     }
 }
 
-/// Carries out header changes; returns how many failed.
-fn apply(envoy: &mut EnvoyFilter<'_>, map: HeaderMap, ops: &[HeaderOp<'_>]) -> i64 {
-    let mut failed = 0;
-    for op in ops {
-        let ok = match op {
-            HeaderOp::Set(name, value) => envoy.set_header(map, name, value),
-            HeaderOp::Add(name, value) => envoy.add_header(map, name, value),
-            HeaderOp::Remove(name) => envoy.remove_header(map, name),
-        };
-        if !ok {
-            failed += 1;
-        }
+/// Carries out one header change; false when Envoy refused it.
+fn apply(envoy: &mut EnvoyFilter<'_>, map: HeaderMap, op: &HeaderOp<'_>) -> bool {
+    match op {
+        HeaderOp::Set(name, value) => envoy.set_header(map, name, value),
+        HeaderOp::Add(name, value) => envoy.add_header(map, name, value),
+        HeaderOp::Remove(name) => envoy.remove_header(map, name),
     }
-    failed
 }
 
 impl Filter for TetherFilter {
@@ -268,20 +251,27 @@ impl Filter for TetherFilter {
             .and_then(|s| plugin.policy(s.policy))
             .map(|p| p.routing());
         let mut pin = None;
-        let mut ops = Vec::with_capacity(plan.ops.len());
+        let mut reroute = false;
+        let mut failed = 0;
         for op in &plan.ops {
             match (op, routing) {
                 (HeaderOp::Set(name, value), Some(r)) if *name == r.host_header => {
                     pin = Some((value.as_slice(), r.strict.is_some()));
                 }
-                _ => ops.push(op.clone()),
+                _ => {
+                    // Routes may match on tether's own headers (the cluster and strict headers
+                    // of canary and strict set-ups): Envoy matches the route again after one
+                    // of those changed. The proxy-wasm host does it after any change; here
+                    // the session cookie taken out of `Cookie` leaves the route as matched
+                    // on what the client sent.
+                    reroute |= plugin.owned_headers().iter().any(|h| h == op.name());
+                    if !apply(envoy, HeaderMap::Request, op) {
+                        failed += 1;
+                    }
+                }
             }
         }
-        let mut failed = apply(envoy, HeaderMap::Request, &ops);
-        if !ops.is_empty() {
-            // The proxy-wasm host matches the route again after a filter changes request
-            // headers (a route may match on the cluster or strict header); this host only
-            // when asked.
+        if reroute {
             envoy.clear_route_cache();
         }
         if let Some((endpoint, strict)) = pin {
@@ -371,8 +361,12 @@ impl Filter for TetherFilter {
             self.flush(envoy);
             return Status::Stop;
         }
-        let failed = apply(envoy, HeaderMap::Response, &action.ops);
-        self.tally.add(Metric::HostCallFailures, failed);
+        let failed = action
+            .ops
+            .iter()
+            .filter(|op| !apply(envoy, HeaderMap::Response, op))
+            .count();
+        self.tally.add(Metric::HostCallFailures, to_i64(failed));
         self.flush(envoy);
         Status::Continue
     }
@@ -520,6 +514,40 @@ mod tests {
             Some(2)
         );
         assert_eq!(fake_host::metric("tether_host_call_failures"), Some(0));
+    }
+
+    #[test]
+    fn the_route_is_matched_again_only_after_a_header_routes_may_match_on_changed() {
+        fake_host::reset();
+        let json = br#"{"type": "cookie"}"#;
+        let config = new_config(&mut fake_host::config(), b"tether", json).unwrap();
+        let mut first = config.new_filter(&mut fake_host::filter()).unwrap();
+        let response = stream(first.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        let (_, cookie) = response.iter().find(|(k, _)| k == b"set-cookie").unwrap();
+        let token = String::from_utf8_lossy(cookie);
+        let token = token.split(';').next().unwrap().to_string();
+        let both = format!("{token}; app=1");
+        let returning = [
+            (":method", "GET"),
+            (":path", "/"),
+            ("cookie", both.as_str()),
+        ];
+        let mut again = config.new_filter(&mut fake_host::filter()).unwrap();
+        with_host(|h| h.route_cache_cleared = 0);
+        stream(again.as_mut(), &returning);
+        with_host(|h| {
+            // The session cookie was taken out of `Cookie`, the route left as it was.
+            assert!(h
+                .request
+                .iter()
+                .any(|(k, v)| k == b"cookie" && v == b"app=1"));
+            assert_eq!(h.route_cache_cleared, 0);
+        });
+        let mut forged = config.new_filter(&mut fake_host::filter()).unwrap();
+        let mut request = returning.to_vec();
+        request.push(("x-tether-strict", "1"));
+        stream(forged.as_mut(), &request);
+        with_host(|h| assert_eq!(h.route_cache_cleared, 1));
     }
 
     #[test]

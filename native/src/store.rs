@@ -19,13 +19,18 @@ const SHARDS: usize = 64;
 /// (`max_sessions` buckets of eight bindings), so it is only reached by a defect.
 pub const MAX_KEYS: usize = 1 << 22;
 
+/// A key's value, sized exactly: a bucket's bytes change length with every binding added or
+/// removed, and a `Vec` would keep the largest capacity it ever had (and a `String` key its
+/// spare room), on every key of a table of millions.
 struct Entry {
-    value: Vec<u8>,
+    value: Box<[u8]>,
     cas: u32,
 }
 
+type Shard = HashMap<Box<str>, Entry, Fnv>;
+
 pub struct ProcessStore {
-    shards: Vec<Mutex<HashMap<String, Entry, Fnv>>>,
+    shards: Vec<Mutex<Shard>>,
     max_keys_per_shard: usize,
     hasher: Fnv,
 }
@@ -39,7 +44,7 @@ impl ProcessStore {
         }
     }
 
-    fn shard(&self, key: &str) -> Option<MutexGuard<'_, HashMap<String, Entry, Fnv>>> {
+    fn shard(&self, key: &str) -> Option<MutexGuard<'_, Shard>> {
         let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         // A panic while a shard was held (caught at the hook) leaves a poisoned lock; the map
         // inside is whole (every write is one insert), so it is used as it is.
@@ -62,7 +67,7 @@ impl Store for ProcessStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
         let shard = self.shard(key).ok_or(StoreError::Failed)?;
         Ok(match shard.get(key) {
-            Some(e) => (Some(e.value.clone()), Some(e.cas)),
+            Some(e) => (Some(e.value.to_vec()), Some(e.cas)),
             None => (None, None),
         })
     }
@@ -74,8 +79,9 @@ impl Store for ProcessStore {
                 if cas.is_some_and(|c| c != e.cas) {
                     return Err(StoreError::CasMismatch);
                 }
-                e.value.clear();
-                e.value.extend_from_slice(value);
+                if *e.value != *value {
+                    e.value = value.into();
+                }
                 e.cas = next_cas(e.cas);
             }
             None => {
@@ -83,9 +89,9 @@ impl Store for ProcessStore {
                     return Err(StoreError::Failed);
                 }
                 shard.insert(
-                    key.to_string(),
+                    key.into(),
                     Entry {
-                        value: value.to_vec(),
+                        value: value.into(),
                         cas: 1,
                     },
                 );
