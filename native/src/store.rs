@@ -8,7 +8,7 @@
 //! fixed number of buckets, and a write that would pass the cap is refused, never grown into.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault};
+use std::hash::{BuildHasher, BuildHasherDefault, RandomState};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use tether::table::{Store, StoreError};
 
@@ -20,18 +20,46 @@ const SHARDS: usize = 64;
 pub const MAX_KEYS: usize = 1 << 22;
 
 /// A key's value, sized exactly: a bucket's bytes change length with every binding added or
-/// removed, and a `Vec` would keep the largest capacity it ever had (and a `String` key its
-/// spare room), on every key of a table of millions.
+/// removed, and a `Vec` would keep the largest capacity it ever had, on every key of a table
+/// of millions.
 struct Entry {
     value: Box<[u8]>,
     cas: u32,
 }
 
-type Shard = HashMap<Box<str>, Entry, Fnv>;
+/// A bucket's key (`<table prefix>/<index>`) as two numbers: the prefix's hash and the index.
+/// Every bucket of every table exists from the start (`BindingTable::prepare`), so a table of
+/// millions would otherwise keep millions of copies of its prefix. The hash is keyed with a
+/// per-process random key: two prefixes (a handful, from the configuration) meet by chance one
+/// time in 2^64, and no one can aim at it.
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
+struct Indexed {
+    prefix: u64,
+    index: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    indexed: HashMap<Indexed, Entry, Fnv>,
+    /// Keys that are not `<prefix>/<index>` (the per-Envoy secret).
+    named: HashMap<Box<str>, Entry, Fnv>,
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.indexed.len() + self.named.len()
+    }
+}
+
+enum Key<'k> {
+    Indexed(Indexed),
+    Named(&'k str),
+}
 
 pub struct ProcessStore {
     shards: Vec<Mutex<Shard>>,
     max_keys_per_shard: usize,
+    prefixes: RandomState,
     hasher: Fnv,
 }
 
@@ -40,12 +68,35 @@ impl ProcessStore {
         ProcessStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             max_keys_per_shard: max_keys.div_ceil(SHARDS).max(1),
+            prefixes: RandomState::new(),
             hasher: Fnv::default(),
         }
     }
 
-    fn shard(&self, key: &str) -> Option<MutexGuard<'_, Shard>> {
-        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+    /// A key ending in a canonical decimal index (no sign, no leading zero) is `Indexed`, so
+    /// that two texts never make one key; any other is kept as it is.
+    fn key<'k>(&self, key: &'k str) -> Key<'k> {
+        let Some((prefix, index)) = key.rsplit_once('/') else {
+            return Key::Named(key);
+        };
+        let canonical = !index.is_empty()
+            && index.bytes().all(|b| b.is_ascii_digit())
+            && (index == "0" || !index.starts_with('0'));
+        match index.parse::<u64>() {
+            Ok(index) if canonical => Key::Indexed(Indexed {
+                prefix: self.prefixes.hash_one(prefix),
+                index,
+            }),
+            _ => Key::Named(key),
+        }
+    }
+
+    fn shard(&self, key: &Key<'_>) -> Option<MutexGuard<'_, Shard>> {
+        let hash = match key {
+            Key::Indexed(k) => self.hasher.hash_one(k),
+            Key::Named(k) => self.hasher.hash_one(k),
+        };
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
         // A panic while a shard was held (caught at the hook) leaves a poisoned lock; the map
         // inside is whole (every write is one insert), so it is used as it is.
         self.shards
@@ -65,16 +116,27 @@ fn next_cas(cas: u32) -> u32 {
 
 impl Store for ProcessStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        let shard = self.shard(key).ok_or(StoreError::Failed)?;
-        Ok(match shard.get(key) {
+        let key = self.key(key);
+        let shard = self.shard(&key).ok_or(StoreError::Failed)?;
+        let entry = match key {
+            Key::Indexed(k) => shard.indexed.get(&k),
+            Key::Named(k) => shard.named.get(k),
+        };
+        Ok(match entry {
             Some(e) => (Some(e.value.to_vec()), Some(e.cas)),
             None => (None, None),
         })
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let mut shard = self.shard(key).ok_or(StoreError::Failed)?;
-        match shard.get_mut(key) {
+        let key = self.key(key);
+        let mut shard = self.shard(&key).ok_or(StoreError::Failed)?;
+        let full = shard.len() >= self.max_keys_per_shard;
+        let entry = match key {
+            Key::Indexed(k) => shard.indexed.get_mut(&k),
+            Key::Named(k) => shard.named.get_mut(k),
+        };
+        match entry {
             Some(e) => {
                 if cas.is_some_and(|c| c != e.cas) {
                     return Err(StoreError::CasMismatch);
@@ -85,16 +147,21 @@ impl Store for ProcessStore {
                 e.cas = next_cas(e.cas);
             }
             None => {
-                if shard.len() >= self.max_keys_per_shard {
+                if full {
                     return Err(StoreError::Failed);
                 }
-                shard.insert(
-                    key.into(),
-                    Entry {
-                        value: value.into(),
-                        cas: 1,
-                    },
-                );
+                let entry = Entry {
+                    value: value.into(),
+                    cas: 1,
+                };
+                match key {
+                    Key::Indexed(k) => {
+                        shard.indexed.insert(k, entry);
+                    }
+                    Key::Named(k) => {
+                        shard.named.insert(k.into(), entry);
+                    }
+                }
             }
         }
         Ok(())
@@ -181,6 +248,31 @@ mod tests {
         }
         let v = s.get("n").unwrap().0.unwrap();
         assert_eq!(u64::from_le_bytes(v.try_into().unwrap()), 2000);
+    }
+
+    #[test]
+    fn keys_that_differ_as_text_are_different_keys() {
+        let s = ProcessStore::new(1 << 10);
+        let keys = [
+            "t/v1/sid/8/1",
+            "t/v1/sid/8/01",
+            "t/v1/sid/8/+1",
+            "t/v1/sid/8/",
+            "t/v1/sid/9/1",
+            "t/v1/sid/8/18446744073709551616",
+            "t/v1/sid/8/0",
+            "secret",
+            "t/v1/sid/8/1/",
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            s.set(k, &[i as u8], None).unwrap();
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(s.get(k).unwrap().0, Some(vec![i as u8]), "{k}");
+        }
+        assert_eq!(s.get("t/v1/sid/8/2"), Ok((None, None)));
+        let held: usize = s.shards.iter().map(|m| m.lock().unwrap().len()).sum();
+        assert_eq!(held, keys.len());
     }
 
     #[test]
