@@ -18,7 +18,7 @@ use crate::metrics::Kind;
 use crate::policy::{Decision, Found, ResponseAction};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Endpoints a worker gives their own series to.
 pub const MAX_ENDPOINTS: usize = 256;
@@ -159,15 +159,15 @@ impl Series<'_> {
 /// adapter first needs them) and the changes not yet handed over.
 #[derive(Debug)]
 struct Slot<Id> {
-    endpoint: Rc<str>,
-    cluster: Option<Rc<str>>,
+    endpoint: Arc<str>,
+    cluster: Option<Arc<str>>,
     ids: [Option<Id>; EndpointMetric::ALL.len()],
     pending: [i64; EndpointMetric::ALL.len()],
     dirty: bool,
 }
 
 impl<Id> Slot<Id> {
-    fn new(endpoint: Rc<str>, cluster: Option<Rc<str>>) -> Slot<Id> {
+    fn new(endpoint: Arc<str>, cluster: Option<Arc<str>>) -> Slot<Id> {
         Slot {
             endpoint,
             cluster,
@@ -182,7 +182,7 @@ impl<Id> Slot<Id> {
 #[derive(Debug)]
 pub struct EndpointSeries<Id> {
     slots: Vec<Slot<Id>>,
-    by_endpoint: HashMap<Rc<str>, usize, BuildHasherDefault<fnv::FnvHasher>>,
+    by_endpoint: HashMap<Arc<str>, usize, BuildHasherDefault<fnv::FnvHasher>>,
     other: Slot<Id>,
     cap: usize,
 }
@@ -201,7 +201,7 @@ pub trait SeriesSink<Id> {
 
 impl<Id: Copy> EndpointSeries<Id> {
     pub fn with_cap(cap: usize) -> Self {
-        let other: Rc<str> = Rc::from(OTHER);
+        let other: Arc<str> = Arc::from(OTHER);
         EndpointSeries {
             slots: Vec::new(),
             by_endpoint: HashMap::default(),
@@ -226,7 +226,7 @@ impl<Id: Copy> EndpointSeries<Id> {
                 && endpoint.len() <= MAX_ENDPOINT_LEN
                 && !endpoint.contains('=') =>
             {
-                let name: Rc<str> = Rc::from(endpoint);
+                let name: Arc<str> = Arc::from(endpoint);
                 self.slots.push(Slot::new(name.clone(), None));
                 let i = self.slots.len() - 1;
                 self.by_endpoint.insert(name, i);
@@ -240,8 +240,8 @@ impl<Id: Copy> EndpointSeries<Id> {
         };
         if metric.by_cluster() && slot.cluster.is_none() {
             let name = match known {
-                Some(c) => Rc::from(c),
-                None => Rc::from(read().unwrap_or_else(|| UNKNOWN_CLUSTER.to_string())),
+                Some(c) => Arc::from(c),
+                None => Arc::from(read().unwrap_or_else(|| UNKNOWN_CLUSTER.to_string())),
             };
             slot.cluster = Some(name);
         }
@@ -333,6 +333,7 @@ mod tests {
     use super::*;
     use crate::pin::Pin;
     use crate::policy::Miss;
+    use std::rc::Rc;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -163,6 +163,11 @@ impl Tally {
         );
     }
 
+    /// No change since the last drain.
+    pub fn is_empty(&self) -> bool {
+        self.deltas.iter().all(|d| *d == 0)
+    }
+
     /// Every metric with a change since the last drain, and its change; the tally is zeroed.
     pub fn drain(&mut self) -> impl Iterator<Item = (Metric, i64)> {
         let deltas = std::mem::take(&mut self.deltas);

@@ -30,6 +30,12 @@ pub struct Host {
     /// The values of labelled metrics: (id, label values, value).
     pub labeled: Vec<(usize, Vec<String>, i64)>,
     pub logs: Vec<(u32, String)>,
+    /// Schedulers made, and the event ids committed on them, in order.
+    pub schedulers: usize,
+    /// Envoy makes no scheduler (`scheduler_new` returns null).
+    pub no_scheduler: bool,
+    pub committed: Vec<u64>,
+    pub schedulers_deleted: usize,
     /// Lines below this level are not enabled.
     pub log_level: u32,
 }
@@ -447,4 +453,70 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
     // SAFETY: the module passes its own array of that length.
     let values = unsafe { strings(label_values, label_values_length) };
     bump(id, values, -i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+    _config: *mut c_void,
+    id: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_length: usize,
+    value: u64,
+) -> u32 {
+    // SAFETY: the module passes its own array of that length.
+    let values = unsafe { strings(label_values, label_values_length) };
+    bump(id, values, i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+    _config: *mut c_void,
+    id: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_length: usize,
+    value: u64,
+) -> u32 {
+    // SAFETY: the module passes its own array of that length.
+    let values = unsafe { strings(label_values, label_values_length) };
+    bump(id, values, i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+    _config: *mut c_void,
+    id: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_length: usize,
+    value: u64,
+) -> u32 {
+    // SAFETY: the module passes its own array of that length.
+    let values = unsafe { strings(label_values, label_values_length) };
+    bump(id, values, -i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// The fake's schedulers are never dereferenced: any non-null pointer will do.
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+    _config: *mut c_void,
+) -> *mut c_void {
+    if with_host(|h| h.no_scheduler) {
+        return std::ptr::null_mut();
+    }
+    with_host(|h| h.schedulers += 1);
+    std::ptr::NonNull::<u8>::dangling().as_ptr().cast()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+    _scheduler: *mut c_void,
+    event_id: u64,
+) {
+    with_host(|h| h.committed.push(event_id));
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+    _scheduler: *mut c_void,
+) {
+    with_host(|h| h.schedulers_deleted += 1);
 }

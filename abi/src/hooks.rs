@@ -1,7 +1,7 @@
 //! The `envoy_dynamic_module_on_http_filter_*` hooks. Envoy 1.40 refuses a filter configuration
 //! whose module lacks any of the 30, so each is exported; those tether has no use for (body and
-//! trailer phases, callouts, schedulers, watermarks, per-route configuration) do nothing and let
-//! the stream go on.
+//! trailer phases, callouts, a stream's scheduler, watermarks, per-route configuration) do
+//! nothing and let the stream go on.
 //!
 //! Ownership: a configuration is a `Box<Box<dyn FilterConfig>>` and a filter a `Box<Slot>`, each
 //! handed to Envoy as a thin pointer and taken back in its `_destroy` hook, the only place either
@@ -265,10 +265,23 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _config_envoy: ConfigEnvoyPtr,
-    _config: ModulePtr,
-    _event_id: u64,
+    config_envoy: ConfigEnvoyPtr,
+    config: ModulePtr,
+    event_id: u64,
 ) {
+    if config.is_null() {
+        return;
+    }
+    // SAFETY: `config` is a live configuration of ours: Envoy runs a scheduled event only while
+    // the configuration it was committed for exists; shared, as `FilterConfig` is `Sync`.
+    let config = unsafe { &*(config as *const ConfigBox) };
+    guarded("on_http_filter_config_scheduled", (), || {
+        let mut handle = ConfigHandle {
+            ptr: config_envoy,
+            _hook: PhantomData,
+        };
+        config.on_scheduled(&mut handle, event_id);
+    });
 }
 
 #[no_mangle]

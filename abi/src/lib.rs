@@ -91,6 +91,10 @@ fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
 pub trait FilterConfig: Send + Sync {
     /// The filter of a new stream; `None`: this stream goes on without one.
     fn new_filter(&self, envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>>;
+
+    /// An event committed on one of this configuration's schedulers (`ConfigHandle::scheduler`),
+    /// run on Envoy's main thread.
+    fn on_scheduled(&self, _config: &mut ConfigHandle<'_>, _event_id: u64) {}
 }
 
 /// What a phase hook tells Envoy.
@@ -190,7 +194,7 @@ unsafe fn envoy_bytes<'a>(b: sys::EnvoyBuffer) -> &'a [u8] {
     }
 }
 
-/// Envoy's configuration object, during `config_new` only.
+/// Envoy's configuration object, during one of its hooks (`config_new`, a scheduled event).
 pub struct ConfigHandle<'a> {
     ptr: sys::ConfigEnvoyPtr,
     _hook: PhantomData<&'a mut ()>,
@@ -224,6 +228,33 @@ impl ConfigHandle<'_> {
             labels,
             sys::envoy_dynamic_module_callback_http_filter_config_define_gauge,
         )
+    }
+
+    /// A scheduler of this configuration's events (`FilterConfig::on_scheduled`); `None` when
+    /// Envoy made none.
+    pub fn scheduler(&mut self) -> Option<ConfigScheduler> {
+        // SAFETY: live configuration, during its hook.
+        let ptr = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.ptr)
+        };
+        std::ptr::NonNull::new(ptr).map(|ptr| ConfigScheduler { ptr })
+    }
+
+    /// As `EnvoyFilter::increment_counter_with_labels`, for a hook that has no stream.
+    pub fn increment_counter_with_labels(
+        &mut self,
+        id: MetricId,
+        values: &[&[u8]],
+        by: u64,
+    ) -> bool {
+        // SAFETY: live configuration, during its hook; `id` is one of its metrics.
+        unsafe { count(self.ptr, &CONFIG_METRICS, id, values, by) }
+    }
+
+    /// As `EnvoyFilter::add_to_gauge_with_labels`, for a hook that has no stream.
+    pub fn add_to_gauge_with_labels(&mut self, id: MetricId, values: &[&[u8]], delta: i64) -> bool {
+        // SAFETY: as in `increment_counter_with_labels`.
+        unsafe { gauge(self.ptr, &CONFIG_METRICS, id, values, delta) }
     }
 
     /// Counters and gauges are defined by two callbacks of one signature.
@@ -263,6 +294,110 @@ type DefineMetric = unsafe extern "C" fn(
     usize,
     *mut usize,
 ) -> u32;
+
+/// A scheduler of one configuration's events: each `commit` makes Envoy run the
+/// configuration's `on_scheduled` on its main thread (unless the configuration is gone by then).
+/// Dropping it deletes it; it must not outlive the configuration's `FilterConfig`.
+pub struct ConfigScheduler {
+    ptr: std::ptr::NonNull<std::ffi::c_void>,
+}
+
+// SAFETY: Envoy's configuration scheduler only posts to the main thread's dispatcher on commit,
+// which Envoy allows from any thread, and deleting it touches no thread's state.
+unsafe impl Send for ConfigScheduler {}
+
+impl ConfigScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: a live scheduler Envoy made (deleted only in `drop`).
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                self.ptr.as_ptr(),
+                event_id,
+            );
+        }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by Envoy for the module to delete, once.
+        unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+                self.ptr.as_ptr(),
+            );
+        }
+    }
+}
+
+/// The signature of the metric callbacks, on a stream's filter or on a configuration.
+type MetricCallback =
+    unsafe extern "C" fn(*mut std::ffi::c_void, usize, *mut sys::ModuleBuffer, usize, u64) -> u32;
+
+/// The three metric callbacks of one kind of Envoy object.
+struct MetricCalls {
+    counter: MetricCallback,
+    gauge_up: MetricCallback,
+    gauge_down: MetricCallback,
+}
+
+const FILTER_METRICS: MetricCalls = MetricCalls {
+    counter: sys::envoy_dynamic_module_callback_http_filter_increment_counter,
+    gauge_up: sys::envoy_dynamic_module_callback_http_filter_increment_gauge,
+    gauge_down: sys::envoy_dynamic_module_callback_http_filter_decrement_gauge,
+};
+
+const CONFIG_METRICS: MetricCalls = MetricCalls {
+    counter: sys::envoy_dynamic_module_callback_http_filter_config_increment_counter,
+    gauge_up: sys::envoy_dynamic_module_callback_http_filter_config_increment_gauge,
+    gauge_down: sys::envoy_dynamic_module_callback_http_filter_config_decrement_gauge,
+};
+
+/// Increments the counter `id` with these label values (one per label it was defined with, in
+/// order); Envoy refuses another number of values.
+///
+/// # Safety
+/// `ptr` is the live object `calls` take, during a hook of its; `id` is one of its metrics.
+unsafe fn count(
+    ptr: *mut std::ffi::c_void,
+    calls: &MetricCalls,
+    id: MetricId,
+    values: &[&[u8]],
+    by: u64,
+) -> bool {
+    if values.len() > MAX_LABEL_VALUES {
+        return false;
+    }
+    let mut values = label_values(values);
+    let (array, len) = buffers_arg(&mut values);
+    // SAFETY: the caller's contract; the label values (an array of `len` buffers, or null for
+    // none) are read during the call.
+    unsafe { (calls.counter)(ptr, id.0, array, len, by) == sys::METRICS_SUCCESS }
+}
+
+/// Moves the gauge `id` with these label values by `delta`, up or down.
+///
+/// # Safety
+/// As `count`.
+unsafe fn gauge(
+    ptr: *mut std::ffi::c_void,
+    calls: &MetricCalls,
+    id: MetricId,
+    values: &[&[u8]],
+    delta: i64,
+) -> bool {
+    if values.len() > MAX_LABEL_VALUES {
+        return false;
+    }
+    let call = if delta >= 0 {
+        calls.gauge_up
+    } else {
+        calls.gauge_down
+    };
+    let mut values = label_values(values);
+    let (array, len) = buffers_arg(&mut values);
+    // SAFETY: as in `count`.
+    unsafe { call(ptr, id.0, array, len, delta.unsigned_abs()) == sys::METRICS_SUCCESS }
+}
 
 /// Envoy's side of one stream's filter, lent to a hook for its duration. Bytes read from it
 /// borrow it: a setter (`&mut self`) may invalidate them, and the borrow checker sees to it that
@@ -480,42 +615,14 @@ impl EnvoyFilter<'_> {
         values: &[&[u8]],
         by: u64,
     ) -> bool {
-        if values.len() > MAX_LABEL_VALUES {
-            return false;
-        }
-        let mut values = label_values(values);
-        let (ptr, len) = buffers_arg(&mut values);
-        // SAFETY: live filter; `id` came from the configuration that created it; the label
-        // values (an array of `len` buffers, or null for none) are read during the call.
-        let r = unsafe {
-            sys::envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.ptr, id.0, ptr, len, by,
-            )
-        };
-        r == sys::METRICS_SUCCESS
+        // SAFETY: live filter; `id` came from the configuration that created it.
+        unsafe { count(self.ptr, &FILTER_METRICS, id, values, by) }
     }
 
     /// Moves the gauge of `id` that has these label values by `delta`, up or down.
     pub fn add_to_gauge_with_labels(&mut self, id: MetricId, values: &[&[u8]], delta: i64) -> bool {
-        if values.len() > MAX_LABEL_VALUES {
-            return false;
-        }
-        let by = delta.unsigned_abs();
-        let mut values = label_values(values);
-        let (ptr, len) = buffers_arg(&mut values);
         // SAFETY: as in `increment_counter_with_labels`.
-        let r = unsafe {
-            if delta >= 0 {
-                sys::envoy_dynamic_module_callback_http_filter_increment_gauge(
-                    self.ptr, id.0, ptr, len, by,
-                )
-            } else {
-                sys::envoy_dynamic_module_callback_http_filter_decrement_gauge(
-                    self.ptr, id.0, ptr, len, by,
-                )
-            }
-        };
-        r == sys::METRICS_SUCCESS
+        unsafe { gauge(self.ptr, &FILTER_METRICS, id, values, delta) }
     }
 }
 

@@ -14,6 +14,9 @@ pub type ConfigEnvoyPtr = *mut c_void;
 pub type FilterEnvoyPtr = *mut c_void;
 /// The module's object for a configuration or a stream's filter, as Envoy holds it.
 pub type ModulePtr = *const c_void;
+/// Envoy's scheduler of a configuration's events (`DynamicModuleHttpFilterConfigScheduler`),
+/// which the module owns.
+pub type SchedulerPtr = *mut c_void;
 
 /// Bytes Envoy owns; valid until the end of the hook, or until a setter changes their map.
 #[repr(C)]
@@ -214,4 +217,43 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+
+    // The same three on the configuration, for a hook that has no stream (the configuration's
+    // scheduled event, on the main thread).
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    /// A scheduler for the configuration: each commit makes Envoy call
+    /// `envoy_dynamic_module_on_http_filter_config_scheduled` on its main thread, unless the
+    /// configuration is gone by then. Commit posts to the main dispatcher, which any thread
+    /// may do; the module deletes the scheduler.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> SchedulerPtr;
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: SchedulerPtr,
+    );
 }

@@ -8,18 +8,22 @@
 //! the strict flag for `on_unavailable: strict`), so no header exists that a client could forge
 //! or a backend could see. Every other header change is made as asked.
 
+use crate::endpoints::FilterSink;
+use crate::metrics::{hand_tally, unreported_panics, Pending, REPORTED_PANICS};
 use crate::store;
 use crate::TetherConfig;
 use log::debug;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tether::endpoints::for_each_change;
 use tether::entropy::{Csprng, SystemEntropy};
 use tether::http::{HeaderOp, Request, Response};
 use tether::metrics::{to_i64, Kind, Metric, Tally};
 use tether::plugin::{Plugin, Stream};
+use tether::policy::{Found, ResponseAction};
 use tether_abi::{Attribute, EnvoyFilter, Filter, HeaderMap, Status};
 
 /// Configurations whose plugin a worker keeps at once (old ones go first: a reload leaves the
@@ -29,7 +33,7 @@ const PLUGINS_PER_WORKER: usize = 4;
 thread_local! {
     /// This worker's plugins, by configuration id. A `Plugin` (its token cache) belongs to one
     /// thread, as in the Wasm build's one VM per worker.
-    static PLUGINS: RefCell<Vec<(u64, Rc<Plugin>)>> = const { RefCell::new(Vec::new()) };
+    static PLUGINS: RefCell<Vec<WorkerPlugin>> = const { RefCell::new(Vec::new()) };
     /// This worker's random generator (token nonces), seeded from the OS.
     static RNG: RefCell<Csprng<SystemEntropy>> = const { RefCell::new(Csprng::new(SystemEntropy)) };
 }
@@ -37,18 +41,23 @@ thread_local! {
 /// Numbers the streams of this process for the decision lines (`tether[N]: ...`).
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
-fn worker_plugin(config: &TetherConfig) -> Rc<Plugin> {
+/// A configuration's id, this worker's plugin for it, and the worker's pending figures.
+type WorkerPlugin = (u64, Rc<Plugin>, Arc<Mutex<Pending>>);
+
+/// This worker's plugin for `config`, and its pending figures.
+fn worker_plugin(config: &TetherConfig) -> (Rc<Plugin>, Arc<Mutex<Pending>>) {
     PLUGINS.with(|plugins| {
         let mut plugins = plugins.borrow_mut();
-        if let Some((_, p)) = plugins.iter().find(|(id, _)| *id == config.id) {
-            return p.clone();
+        if let Some((_, p, m)) = plugins.iter().find(|(id, _, _)| *id == config.id) {
+            return (p.clone(), m.clone());
         }
         let plugin = Rc::new(Plugin::new(&config.config, &config.secret));
+        let pending = config.flusher.worker();
         if plugins.len() >= PLUGINS_PER_WORKER {
             plugins.remove(0);
         }
-        plugins.push((config.id, plugin.clone()));
-        plugin
+        plugins.push((config.id, plugin.clone(), pending.clone()));
+        (plugin, pending)
     })
 }
 
@@ -73,14 +82,18 @@ pub(crate) struct TetherFilter {
     now_ms: u64,
     /// Why Envoy answered the stream itself, when it did (`on_local_reply`).
     local_reply: Option<String>,
-    /// Metric changes not yet handed to Envoy (each phase hands them over before it returns).
+    /// Metric changes of this phase (each phase adds them to `pending` before it returns).
     tally: Tally,
+    /// The worker's figures for this configuration, not handed to Envoy yet.
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl TetherFilter {
     pub(crate) fn new(config: Arc<TetherConfig>) -> TetherFilter {
+        let (plugin, pending) = worker_plugin(&config);
         TetherFilter {
-            plugin: worker_plugin(&config),
+            plugin,
+            pending,
             config,
             id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
             stream: None,
@@ -90,40 +103,55 @@ impl TetherFilter {
         }
     }
 
-    /// Hands the tally to Envoy's stats: one call per metric that changed.
-    fn flush(&mut self, envoy: &mut EnvoyFilter<'_>) {
-        let mut failed = 0;
-        for (metric, delta) in self.tally.drain() {
-            let ok = match self.config.metrics.get(metric) {
-                Some((Kind::Counter, id)) => {
-                    delta < 0 || envoy.increment_counter(id, delta.unsigned_abs())
-                }
-                Some((Kind::Gauge, id)) => envoy.add_to_gauge(id, delta),
-                None => true,
-            };
-            if !ok {
-                failed += 1;
-            }
+    /// Adds the stream's changes (its tally, and a response's per-endpoint changes) to the
+    /// worker's pending figures, and hands those to Envoy at once when the configuration does
+    /// not tick. A phase that changed nothing takes no lock.
+    fn hand_over(
+        &mut self,
+        envoy: &mut EnvoyFilter<'_>,
+        response: Option<(&ResponseAction<'_>, &Found)>,
+    ) {
+        if self.tally.is_empty() && response.is_none() {
+            return;
         }
-        // Counted in the next flush.
-        self.tally.add(Metric::HostCallFailures, failed);
-        // Panics are caught in the hooks, where no stream's tally is at hand: whichever stream
-        // flushes next reports the ones not reported yet.
+        let config = self.config.clone();
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for (metric, delta) in self.tally.drain() {
+            pending.tally.add(metric, delta);
+        }
+        if let Some((action, found)) = response {
+            let series = &mut pending.series;
+            for_each_change(action, found, |change| {
+                series.add(&change, &mut || text(envoy.cluster_name()));
+            });
+        }
+        if config.flusher.ticking() {
+            config.flusher.touch();
+            return;
+        }
+        // No tick: this stream hands them over.
+        let failed = hand_tally(
+            &mut pending.tally,
+            &config.metrics,
+            &mut |id, kind, delta| match kind {
+                Kind::Counter => envoy.increment_counter(id, delta.unsigned_abs()),
+                Kind::Gauge => envoy.add_to_gauge(id, delta),
+            },
+        );
+        // Counted in the next hand-over; what the series could not hand over it keeps.
+        pending.tally.add(Metric::HostCallFailures, failed);
+        pending.series.flush(&mut FilterSink {
+            envoy,
+            ids: &config.endpoint_metrics,
+        });
+        drop(pending);
         let new = unreported_panics(&REPORTED_PANICS, tether_abi::panics_caught());
         if new > 0 {
-            if let Some(id) = self.config.metrics.panics() {
+            if let Some(id) = config.metrics.panics() {
                 envoy.increment_counter(id, new);
             }
         }
     }
-}
-
-/// Panics caught in this process and reported to Envoy's stats so far.
-static REPORTED_PANICS: AtomicU64 = AtomicU64::new(0);
-
-/// How many of `caught` panics are not reported yet; marks them reported.
-fn unreported_panics(reported: &AtomicU64, caught: u64) -> u64 {
-    caught.saturating_sub(reported.fetch_max(caught, Ordering::Relaxed))
 }
 
 /// One of the stream's header maps as the core asks for it, read whole once per hook and
@@ -298,7 +326,7 @@ impl Filter for TetherFilter {
             None => debug!("tether[{}]: decision=disabled", self.id),
         }
         self.stream = plan.stream;
-        self.flush(envoy);
+        self.hand_over(envoy, None);
         Status::Continue
     }
 
@@ -329,17 +357,11 @@ impl Filter for TetherFilter {
                 )
             })
         };
-        let failed = crate::endpoints::record(
-            envoy,
-            &self.config.endpoint_metrics,
-            &action,
-            stream.state.found(),
-        );
-        self.tally.add(Metric::HostCallFailures, failed);
+        self.tally.response(&action);
+        self.hand_over(envoy, Some((&action, stream.state.found())));
         if plugin.watches_stream_end(&stream) {
             self.stream = Some(stream);
         }
-        self.tally.response(&action);
         debug!(
             "tether[{}]: {} cas_retries={}",
             self.id, action.decision, action.writes.cas_retries
@@ -358,7 +380,6 @@ impl Filter for TetherFilter {
                 b"session endpoint unavailable\n",
                 "tether_strict_refusal",
             );
-            self.flush(envoy);
             return Status::Stop;
         }
         let failed = action
@@ -367,7 +388,7 @@ impl Filter for TetherFilter {
             .filter(|op| !apply(envoy, HeaderMap::Response, op))
             .count();
         self.tally.add(Metric::HostCallFailures, to_i64(failed));
-        self.flush(envoy);
+        self.hand_over(envoy, None);
         Status::Continue
     }
 
@@ -381,7 +402,7 @@ impl Filter for TetherFilter {
                 self.tally.add(Metric::CasRetries, to_i64(cas_retries));
             }
         }
-        self.flush(envoy);
+        self.hand_over(envoy, None);
     }
 }
 
@@ -421,6 +442,11 @@ mod tests {
         with_host(|h| h.response.clone())
     }
 
+    /// Runs the flush the ticking thread would have scheduled (on the main thread in Envoy).
+    fn flush(config: &dyn tether_abi::FilterConfig) {
+        config.on_scheduled(&mut fake_host::config(), 0);
+    }
+
     #[test]
     fn a_returning_session_is_pinned_by_the_override_call_not_a_header() {
         fake_host::reset();
@@ -439,6 +465,12 @@ mod tests {
             .unwrap();
         let token = cookie.split(';').next().unwrap().to_string();
         assert!(token.starts_with("tether="), "{cookie}");
+        assert_eq!(
+            fake_host::metric("tether_sessions_issued"),
+            Some(0),
+            "not before the flush"
+        );
+        flush(config.as_ref());
         assert_eq!(fake_host::metric("tether_sessions_issued"), Some(1));
 
         let mut again = config.new_filter(&mut fake_host::filter()).unwrap();
@@ -456,6 +488,10 @@ mod tests {
             assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), false)));
             assert!(h.request.iter().all(|(k, _)| k != b"x-tether-host"));
         });
+        // No metric call on the request path: the hit waits for the flush.
+        assert_eq!(fake_host::metric("tether_hits"), Some(0));
+        assert_eq!(with_host(|h| h.labeled.len()), 1, "the issue only");
+        flush(config.as_ref());
         assert_eq!(fake_host::metric("tether_hits"), Some(1));
         assert_eq!(fake_host::metric("tether_forged_headers_removed"), Some(1));
         let by_endpoint = ["backend", "127.0.0.1:8081"];
@@ -500,6 +536,7 @@ mod tests {
                 stream(f.as_mut(), &req);
             }
         }
+        flush(config.as_ref());
         let e = ["backend", "127.0.0.1:8081"];
         assert_eq!(
             fake_host::labeled_metric("tether_endpoint_sessions_issued", &e),
@@ -514,6 +551,31 @@ mod tests {
             Some(2)
         );
         assert_eq!(fake_host::metric("tether_host_call_failures"), Some(0));
+    }
+
+    #[test]
+    fn without_a_scheduler_each_phase_hands_its_figures_over() {
+        fake_host::reset();
+        with_host(|h| h.no_scheduler = true);
+        let config = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"type": "cookie"}"#,
+        )
+        .unwrap();
+        let mut f = config.new_filter(&mut fake_host::filter()).unwrap();
+        stream(f.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        assert_eq!(fake_host::metric("tether_sessions_issued"), Some(1));
+        assert_eq!(
+            fake_host::labeled_metric(
+                "tether_endpoint_sessions_issued",
+                &["backend", "127.0.0.1:8081"]
+            ),
+            Some(1)
+        );
+        // Nothing was left for a flush.
+        flush(config.as_ref());
+        assert_eq!(fake_host::metric("tether_sessions_issued"), Some(1));
     }
 
     #[test]
@@ -566,22 +628,6 @@ mod tests {
             &[(":method", "GET"), (":path", "/"), ("cookie", token)],
         );
         with_host(|h| assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), true))));
-    }
-
-    #[test]
-    fn every_caught_panic_is_reported_once() {
-        use std::sync::atomic::AtomicU64;
-        let reported = AtomicU64::new(0);
-        assert_eq!(super::unreported_panics(&reported, 0), 0);
-        assert_eq!(super::unreported_panics(&reported, 2), 2);
-        assert_eq!(
-            super::unreported_panics(&reported, 2),
-            0,
-            "already reported"
-        );
-        // Two streams flushing at once: the later count only adds what is new.
-        assert_eq!(super::unreported_panics(&reported, 1), 0);
-        assert_eq!(super::unreported_panics(&reported, 5), 3);
     }
 
     #[test]

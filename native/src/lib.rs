@@ -5,10 +5,12 @@
 //! Differences that follow from the ABI, not from tether's behaviour: the pinned endpoint is
 //! handed to Envoy with the upstream-override-host call (strict sessions with its strict flag)
 //! instead of the routing header; the binding table and the per-Envoy secret live in this
-//! library's memory (`store`), which every worker shares; metrics go to Envoy as they happen.
+//! library's memory (`store`), which every worker shares; metrics reach Envoy once a second
+//! from its main thread (`metrics`), as the Wasm build's reach it from each worker's tick.
 
 mod endpoints;
 mod filter;
+mod metrics;
 pub mod store;
 
 use log::warn;
@@ -75,6 +77,8 @@ pub(crate) struct TetherConfig {
     pub(crate) secret: Key,
     pub(crate) metrics: MetricIds,
     pub(crate) endpoint_metrics: endpoints::EndpointIds,
+    /// What the workers have not handed to Envoy yet.
+    pub(crate) flusher: Arc<metrics::Flusher>,
 }
 
 /// The module's configuration factory: the JSON the Wasm build takes, as `filter_config`.
@@ -91,6 +95,7 @@ fn new_config(
         secret: started.secret,
         metrics: MetricIds::define(handle),
         endpoint_metrics: endpoints::EndpointIds::define(handle),
+        flusher: metrics::Flusher::new(handle.scheduler()),
     }))))
 }
 
@@ -100,5 +105,11 @@ struct SharedConfig(Arc<TetherConfig>);
 impl FilterConfig for SharedConfig {
     fn new_filter(&self, _envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>> {
         Some(Box::new(filter::TetherFilter::new(self.0.clone())))
+    }
+
+    /// The flush the ticking thread scheduled.
+    fn on_scheduled(&self, config: &mut ConfigHandle<'_>, _event_id: u64) {
+        let c = &self.0;
+        c.flusher.flush(config, &c.metrics, &c.endpoint_metrics);
     }
 }
