@@ -61,6 +61,13 @@ pub trait Store {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
     /// Writes `value` if the key's CAS number is still `cas` (`None`: unconditionally).
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+    /// Lends the value (`None` when the key does not exist) to `f`, for a read that keeps none
+    /// of it: a store that holds values in its own memory lends them without a copy.
+    fn read(&self, key: &str, f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        let (value, _) = self.get(key)?;
+        f(value.as_deref());
+        Ok(())
+    }
     /// This worker's memory (`Recent`) of when the record of `id` in the table `table` was
     /// last known fresh. A store whose reads cost little keeps none.
     fn recall(&self, _table: u64, _id: &SessionId) -> Option<u64> {
@@ -118,6 +125,24 @@ pub enum StoreError {
     CasMismatch,
     /// The host refused for another reason.
     Failed,
+}
+
+/// The digits of `u64::MAX`.
+const MAX_DECIMAL_DIGITS: usize = 20;
+
+/// Appends `n` in decimal, as `Display` writes it.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; MAX_DECIMAL_DIGITS];
+    let mut len = 0;
+    for d in digits.iter_mut() {
+        *d = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits.iter().take(len).rev().map(|d| char::from(*d)));
 }
 
 /// What one session is bound to.
@@ -262,7 +287,12 @@ impl BindingTable {
     }
 
     fn bucket_key_at(&self, index: u64) -> String {
-        format!("{}{index}", self.prefix)
+        // Made on every lookup and write: one allocation of its final size, and no formatter
+        // (`format!` grew the string and went through `fmt` for the number).
+        let mut key = String::with_capacity(self.prefix.len() + MAX_DECIMAL_DIGITS);
+        key.push_str(&self.prefix);
+        push_decimal(&mut key, index);
+        key
     }
 
     fn bucket_key(&self, id: &SessionId) -> String {
@@ -287,10 +317,11 @@ impl BindingTable {
 
     /// The binding of `id`, if it has one and it has not expired.
     pub fn lookup(&self, store: &dyn Store, id: &SessionId, now_ms: u64) -> Lookup {
-        let Ok((Some(bytes), _)) = store.get(&self.bucket_key(id)) else {
-            return Lookup::Unknown;
-        };
-        match decode_bucket(&bytes).into_iter().find(|b| b.id == *id) {
+        let mut found = None;
+        let read = store.read(&self.bucket_key(id), &mut |bytes| {
+            found = bytes.and_then(|b| decode_bucket(b).into_iter().find(|b| b.id == *id));
+        });
+        match read.ok().and(found) {
             None => Lookup::Unknown,
             Some(b) if self.lifetimes.is_expired(&b.pin, now_ms) => Lookup::Expired(b),
             Some(b) => Lookup::Live(b),
@@ -527,6 +558,15 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bucket_indexes_are_written_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 1_000_003, u64::MAX] {
+            let mut key = String::from("p/");
+            super::push_decimal(&mut key, n);
+            assert_eq!(key, format!("p/{n}"));
+        }
+    }
+
     use super::*;
     use crate::testing::FakeStore;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]

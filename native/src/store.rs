@@ -128,6 +128,18 @@ impl Store for ProcessStore {
         })
     }
 
+    fn read(&self, key: &str, f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        let key = self.key(key);
+        let shard = self.shard(&key).ok_or(StoreError::Failed)?;
+        let entry = match key {
+            Key::Indexed(k) => shard.indexed.get(&k),
+            Key::Named(k) => shard.named.get(k),
+        };
+        // Under the shard's lock: `f` only decodes.
+        f(entry.map(|e| &*e.value));
+        Ok(())
+    }
+
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
         let key = self.key(key);
         let mut shard = self.shard(&key).ok_or(StoreError::Failed)?;
@@ -179,6 +191,21 @@ pub fn global() -> &'static ProcessStore {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_read_lends_what_get_copies() {
+        let s = ProcessStore::new(16);
+        for key in ["tether/t/7", "tether/secret"] {
+            s.set(key, b"bytes", None).unwrap();
+            let mut lent = None;
+            s.read(key, &mut |v| lent = v.map(<[u8]>::to_vec)).unwrap();
+            assert_eq!(lent, s.get(key).unwrap().0);
+        }
+        let mut lent = Some(Vec::new());
+        s.read("tether/t/8", &mut |v| lent = v.map(<[u8]>::to_vec))
+            .unwrap();
+        assert_eq!(lent, None);
+    }
 
     #[test]
     fn cas_guards_writes_to_existing_keys_only() {

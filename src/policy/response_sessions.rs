@@ -523,10 +523,11 @@ impl ResponseSessions {
         let key = self.id_of(id);
         // Most streams end within the touch interval of the record's last write (their own
         // request's, or a recent one's): the record is fresh enough, and nothing is written.
-        if let Some(seen) = table.recall(store, &key) {
-            if !self.lifetimes.touch_due(&pin.seen(seen), now_ms, None) {
-                return 0;
-            }
+        // Without this worker's memory of it (a store that keeps none, or an entry another
+        // session took), the record was at least as fresh as the request found it.
+        let seen = table.recall(store, &key).unwrap_or(pin.last_seen_ms);
+        if !self.lifetimes.touch_due(&pin.seen(seen), now_ms, None) {
+            return 0;
         }
         match table.touch(store, &key, &pin.endpoint, now_ms) {
             Ok(r) => {
