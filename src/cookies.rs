@@ -270,30 +270,49 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// The Set-Cookie value that hands `value` to the client. `max_age_s` is used only for
-/// permanent cookies.
+/// permanent cookies. Every new session and refreshed token writes one, so it is put together
+/// here rather than through `cookie::Cookie` (which copies each part and formats them); the
+/// attributes and their order are the crate's (`expired` still uses it, and a test holds the
+/// two to the same text).
 pub fn set_cookie(
     name: &str,
     value: &str,
     settings: &CookieSettings,
     max_age_s: Option<u64>,
 ) -> String {
-    let mut c = Cookie::build((name.to_string(), value.to_string()))
-        .path(settings.path.clone())
-        .http_only(settings.http_only)
-        .secure(settings.secure)
-        .same_site(match settings.same_site {
-            SameSite::Lax => cookie::SameSite::Lax,
-            SameSite::Strict => cookie::SameSite::Strict,
-            SameSite::None => cookie::SameSite::None,
-        });
-    if let Some(domain) = &settings.domain {
-        c = c.domain(domain.clone());
+    let domain = settings
+        .domain
+        .as_deref()
+        .map(|d| d.strip_prefix('.').unwrap_or(d));
+    let mut out = String::with_capacity(
+        name.len() + value.len() + settings.path.len() + domain.map_or(0, str::len) + 96,
+    );
+    out.push_str(name);
+    out.push('=');
+    out.push_str(value);
+    if settings.http_only {
+        out.push_str("; HttpOnly");
+    }
+    out.push_str(match settings.same_site {
+        SameSite::Lax => "; SameSite=Lax",
+        SameSite::Strict => "; SameSite=Strict",
+        SameSite::None => "; SameSite=None",
+    });
+    if settings.secure {
+        out.push_str("; Secure");
+    }
+    out.push_str("; Path=");
+    out.push_str(&settings.path);
+    if let Some(domain) = domain {
+        out.push_str("; Domain=");
+        out.push_str(domain);
     }
     if let (LifetimeType::Permanent, Some(secs)) = (settings.lifetime_type, max_age_s) {
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        c = c.max_age(cookie::time::Duration::seconds(secs));
+        out.push_str("; Max-Age=");
+        out.push_str(&secs.to_string());
     }
-    c.to_string()
+    out
 }
 
 /// A Set-Cookie that makes the client forget the cookie `name`.
@@ -312,6 +331,61 @@ mod tests {
     use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// What `cookie::Cookie` renders for the same settings.
+    fn crate_set_cookie(
+        name: &str,
+        value: &str,
+        settings: &CookieSettings,
+        max_age_s: Option<u64>,
+    ) -> String {
+        let mut c = Cookie::build((name.to_string(), value.to_string()))
+            .path(settings.path.clone())
+            .http_only(settings.http_only)
+            .secure(settings.secure)
+            .same_site(match settings.same_site {
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if let Some(domain) = &settings.domain {
+            c = c.domain(domain.clone());
+        }
+        if let (LifetimeType::Permanent, Some(secs)) = (settings.lifetime_type, max_age_s) {
+            c = c.max_age(cookie::time::Duration::seconds(i64::try_from(secs).unwrap()));
+        }
+        c.to_string()
+    }
+
+    #[test]
+    fn set_cookie_writes_what_the_cookie_crate_writes() {
+        let mut n = 0;
+        for same_site in [SameSite::Lax, SameSite::Strict, SameSite::None] {
+            for (secure, http_only) in [(false, false), (false, true), (true, false), (true, true)] {
+                for domain in [None, Some("example.com"), Some(".example.com")] {
+                    for lifetime_type in [LifetimeType::Session, LifetimeType::Permanent] {
+                        for max_age in [None, Some(0), Some(86_400)] {
+                            let s = CookieSettings {
+                                path: "/app".to_string(),
+                                domain: domain.map(str::to_string),
+                                secure,
+                                http_only,
+                                same_site,
+                                lifetime_type,
+                            };
+                            assert_eq!(
+                                set_cookie("tether", "tok", &s, max_age),
+                                crate_set_cookie("tether", "tok", &s, max_age),
+                                "{s:?}"
+                            );
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 3 * 4 * 3 * 2 * 3);
+    }
 
     fn one(header: &str) -> Vec<&[u8]> {
         vec![header.as_bytes()]
