@@ -193,7 +193,7 @@ def front_envoy(workdir: Path, name: str, filter_kind: str, plugin, backend_port
                 "@type": harness.NATIVE_FILTER_TYPE, "dynamic_module_config": {"name": "floor"},
                 "filter_name": "floor",
                 "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                  "value": ""}}
+                                  "value": plugin or ""}}
         elif filter_kind == "tether-native":
             # tether's dynamic module with the same plugin JSON (envoy/native.yaml's filter).
             value = filters[idx[0]]["typed_config"]["config"]["configuration"]["value"]
@@ -263,6 +263,10 @@ VARIANTS = {
                      "floor-native", None, "sticky-returning"),
     "native-floor-new": ("cheapest sticky dynamic module (native floor of session work), new session",
                          "floor-native", None, "plain"),
+    # The same, also taking its cookie out of the request, as tether's cookie sessions do on
+    # every returning request (Envoy's filter leaves its cookie in).
+    "native-floor-strip": ("cheapest sticky dynamic module, taking its cookie out, returning",
+                           "floor-native", "strip", "sticky-returning"),
     # tether disabled on the route: the per-route lookup (the `xds.route_name` property) and
     # the removal of client-sent routing headers, no session work.
     "route-off": ("tether loaded, disabled on the route", "tether",
@@ -275,7 +279,7 @@ NATIVE_BUILD = {f"n-{key}": (f"native build: {label}", "tether-native", cfg, sha
                 if kind == "tether" and key != "route-off"}
 VARIANTS.update(NATIVE_BUILD)
 STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky", "wasm-sticky-sdk",
-          "native-floor", "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
+          "native-floor", "native-floor-strip", "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
 
@@ -890,6 +894,8 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         # ... and next to the cheapest sticky dynamic module (bench/floor), and that floor next
         # to Envoy's own filter: how much of the native build's cost any module on the ABI pays.
         "native_floor_vs_native": ratio("native-floor", "native"),
+        "native_floor_strip_vs_native": ratio("native-floor-strip", "native"),
+        "n_cookie_vs_native_floor_strip": ratio("n-cookie", "native-floor-strip"),
         "native_floor_new_vs_native_new": ratio("native-floor-new", "native-new"),
         "n_cookie_vs_native_floor": ratio("n-cookie", "native-floor"),
         "n_cookie_new_vs_native_floor_new": ratio("n-cookie-new", "native-floor-new"),
@@ -1111,6 +1117,12 @@ def markdown(res: dict, svg_name: str) -> str:
              "the floor of any sticky dynamic module here"),
             ("native_floor_new_vs_native_new", "cheapest sticky dynamic module new / native new",
              "the floor of any sticky dynamic module here"),
+            ("native_floor_strip_vs_native",
+             "cheapest sticky dynamic module taking its cookie out, returning / native returning",
+             "the floor of a cookie session that leaves no token to the backend"),
+            ("n_cookie_vs_native_floor_strip",
+             "native build cookie returning / the floor taking its cookie out",
+             "tether's own work above that floor"),
             ("n_cookie_vs_native_floor", "native build cookie returning / cheapest sticky dynamic module",
              "tether's own work"),
             ("n_cookie_new_vs_native_floor_new", "native build cookie new / cheapest sticky dynamic module new",

@@ -9,7 +9,9 @@
 //!   response: read the upstream address; when it is not the endpoint the cookie named, add
 //!             `Set-Cookie: s=<address>`.
 //! No token, no crypto, no expiry, no status check, no metrics: the cookie is the address in
-//! clear. It is a measuring stick, not a filter to use. It goes through the same hooks (each
+//! clear. With `filter_config` "strip" it also does the one more thing tether's cookie sessions
+//! do to every returning request: it takes its cookie out of `Cookie` before the request goes
+//! upstream (the variant "native-floor-strip"). It is a measuring stick, not a filter to use. It goes through the same hooks (each
 //! catching panics) and the same safe calls as tether, so what tether costs above it is
 //! tether's own work.
 
@@ -28,18 +30,24 @@ const MAX_ADDRESS: usize = 64;
 fn new_config(
     _handle: &mut ConfigHandle<'_>,
     _name: &[u8],
-    _config: &[u8],
+    config: &[u8],
 ) -> Option<Box<dyn FilterConfig>> {
-    Some(Box::new(FloorConfig))
+    Some(Box::new(FloorConfig {
+        strip: config == b"strip",
+    }))
 }
 
-struct FloorConfig;
+struct FloorConfig {
+    /// Take the cookie out of the request (as tether does).
+    strip: bool,
+}
 
 impl FilterConfig for FloorConfig {
     fn new_filter(&self, _envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>> {
         Some(Box::new(Floor {
             pinned: [0; MAX_ADDRESS],
             pinned_len: 0,
+            strip: self.strip,
         }))
     }
 }
@@ -48,6 +56,7 @@ impl FilterConfig for FloorConfig {
 struct Floor {
     pinned: [u8; MAX_ADDRESS],
     pinned_len: usize,
+    strip: bool,
 }
 
 impl Floor {
@@ -73,6 +82,10 @@ impl Filter for Floor {
             None => 0,
         };
         self.pinned_len = len;
+        if self.strip && len > 0 {
+            // The cookie was the whole header (the bench sends no other): the header goes.
+            envoy.remove_header(HeaderMap::Request, "cookie");
+        }
         if let Ok(address) = std::str::from_utf8(self.pinned()) {
             if !address.is_empty() {
                 envoy.set_upstream_override_host(address, false);
@@ -119,7 +132,9 @@ mod tests {
             h.response = vec![(b":status".to_vec(), b"200".to_vec())];
             h.attributes = vec![(attribute_id::UPSTREAM_ADDRESS, b"127.0.0.1:8081".to_vec())];
         });
-        let mut filter = FloorConfig.new_filter(&mut fake_host::filter()).unwrap();
+        let mut filter = FloorConfig { strip: false }
+            .new_filter(&mut fake_host::filter())
+            .unwrap();
         let mut envoy = fake_host::filter();
         assert_eq!(
             filter.on_request_headers(&mut envoy, true),
@@ -150,6 +165,20 @@ mod tests {
             with_host(|h| h.override_host.clone()),
             Some(("127.0.0.1:8081".to_string(), false))
         );
+    }
+
+    #[test]
+    fn strip_takes_the_cookie_out_of_the_request() {
+        fake_host::reset();
+        with_host(|h| h.request = vec![(b"cookie".to_vec(), b"s=127.0.0.1:8081".to_vec())]);
+        let mut filter = FloorConfig { strip: true }
+            .new_filter(&mut fake_host::filter())
+            .unwrap();
+        filter.on_request_headers(&mut fake_host::filter(), true);
+        with_host(|h| {
+            assert!(h.request.iter().all(|(k, _)| k != b"cookie"));
+            assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), false)));
+        });
     }
 
     #[test]
