@@ -352,7 +352,9 @@ mod tests {
             c = c.domain(domain.clone());
         }
         if let (LifetimeType::Permanent, Some(secs)) = (settings.lifetime_type, max_age_s) {
-            c = c.max_age(cookie::time::Duration::seconds(i64::try_from(secs).unwrap()));
+            c = c.max_age(cookie::time::Duration::seconds(
+                i64::try_from(secs).unwrap(),
+            ));
         }
         c.to_string()
     }
@@ -361,7 +363,8 @@ mod tests {
     fn set_cookie_writes_what_the_cookie_crate_writes() {
         let mut n = 0;
         for same_site in [SameSite::Lax, SameSite::Strict, SameSite::None] {
-            for (secure, http_only) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (secure, http_only) in [(false, false), (false, true), (true, false), (true, true)]
+            {
                 for domain in [None, Some("example.com"), Some(".example.com")] {
                     for lifetime_type in [LifetimeType::Session, LifetimeType::Permanent] {
                         for max_age in [None, Some(0), Some(86_400)] {
