@@ -16,6 +16,7 @@
 
 use crate::metrics::Kind;
 use crate::policy::{Decision, Found, ResponseAction};
+use crate::table::WriteReport;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -118,7 +119,13 @@ pub fn for_each_change(action: &ResponseAction<'_>, pinned: &Found, mut f: impl 
         }
         _ => {}
     }
-    for (endpoint, delta) in &action.writes.endpoint_deltas {
+    for_each_live_change(&action.writes, f);
+}
+
+/// Calls `f` for the per-endpoint gauge's change of each endpoint a table write moved (a
+/// response's, or the one a stream's end makes, which lets expired bindings go).
+pub fn for_each_live_change(writes: &WriteReport, mut f: impl FnMut(Change<'_>)) {
+    for (endpoint, delta) in &writes.endpoint_deltas {
         f(Change {
             metric: EndpointMetric::LiveBindings,
             endpoint,

@@ -6,7 +6,7 @@
 //! VM for every later request on this worker. A host call whose failure the request can go
 //! on without is counted (`tether_host_call_failures`), never dropped unseen.
 
-use crate::endpoints::{for_each_change, EndpointSeries, Series, SeriesSink};
+use crate::endpoints::{for_each_change, for_each_live_change, EndpointSeries, Series, SeriesSink};
 use crate::entropy::{Csprng, SystemEntropy};
 use crate::http::{HeaderOp, Headers, Request, Response};
 use crate::metrics::{to_i64, Kind, Metric, Tally};
@@ -447,7 +447,12 @@ impl Drop for TetherStream {
         if !self.plugin.watches_stream_end(&stream) {
             return;
         }
-        let cas_retries = self.plugin.on_stream_end(&stream, &SharedData, now_ms());
-        count(Metric::CasRetries, to_i64(cas_retries));
+        let writes = self.plugin.on_stream_end(&stream, &SharedData, now_ms());
+        TALLY.with(|t| t.borrow_mut().writes(&writes));
+        // The per-endpoint gauge is not per cluster: no cluster is read for it.
+        ENDPOINTS.with(|e| {
+            let mut e = e.borrow_mut();
+            for_each_live_change(&writes, |change| e.add(&change, &mut || None));
+        });
     }
 }

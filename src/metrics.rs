@@ -6,6 +6,7 @@
 //! namespace: `/stats` lists `wasmcustom.tether_hits`, `/stats/prometheus` lists `tether_hits`.
 
 use crate::policy::{Decision, Found, Miss, ResponseAction};
+use crate::table::WriteReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -154,13 +155,18 @@ impl Tally {
         if let Some(m) = metric {
             self.add(m, 1);
         }
-        self.add(Metric::CasRetries, to_i64(action.writes.cas_retries));
-        self.add(Metric::Evictions, to_i64(action.writes.evicted_live));
-        self.add(Metric::LiveBindings, action.writes.bindings_delta);
+        self.writes(&action.writes);
         self.add(
             Metric::BackendCookiesRemoved,
             to_i64(action.backend_cookies_removed),
         );
+    }
+
+    /// What a write to a binding table did: the response's, or the one a stream's end makes.
+    pub fn writes(&mut self, writes: &WriteReport) {
+        self.add(Metric::CasRetries, to_i64(writes.cas_retries));
+        self.add(Metric::Evictions, to_i64(writes.evicted_live));
+        self.add(Metric::LiveBindings, writes.bindings_delta);
     }
 
     /// No change since the last drain.

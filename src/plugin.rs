@@ -6,7 +6,7 @@ use crate::entropy::Entropy;
 use crate::http::{HeaderOp, Request, Response};
 use crate::policy::{Decision, Policy, PolicyState, ResponseAction};
 use crate::secret::{process_secret, Key};
-use crate::table::{BindingTable, Store};
+use crate::table::{BindingTable, Store, WriteReport};
 use log::{error, info, warn};
 
 pub struct Plugin {
@@ -213,11 +213,13 @@ impl Plugin {
             .is_some_and(Policy::watches_stream_end)
     }
 
-    /// The end of a request's stream; returns CAS retries.
-    pub fn on_stream_end(&self, stream: &Stream, store: &dyn Store, now_ms: u64) -> usize {
+    /// The end of a request's stream; what it wrote.
+    pub fn on_stream_end(&self, stream: &Stream, store: &dyn Store, now_ms: u64) -> WriteReport {
         self.policies
             .get(stream.policy)
-            .map_or(0, |p| p.on_stream_end(&stream.state, store, now_ms))
+            .map_or_else(WriteReport::default, |p| {
+                p.on_stream_end(&stream.state, store, now_ms)
+            })
     }
 }
 

@@ -18,12 +18,13 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tether::endpoints::for_each_change;
+use tether::endpoints::{for_each_change, for_each_live_change};
 use tether::entropy::{Csprng, SystemEntropy};
 use tether::http::{HeaderOp, Request, Response};
 use tether::metrics::{to_i64, Kind, Metric, Tally};
 use tether::plugin::{Plugin, Stream};
 use tether::policy::{Found, ResponseAction};
+use tether::table::WriteReport;
 use tether_abi::{Attribute, EnvoyFilter, Filter, HeaderMap, Status};
 
 /// Configurations whose plugin a worker keeps at once (old ones go first: a reload leaves the
@@ -73,6 +74,15 @@ fn text(bytes: Option<&[u8]>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// What a phase changed in the per-endpoint series, besides its tally.
+enum Moved<'r, 'a> {
+    Nothing,
+    /// A response's decision and table writes (`Found`: what its request found).
+    Response(&'r ResponseAction<'a>, &'r Found),
+    /// The table write a stream's end made.
+    Writes(&'r WriteReport),
+}
+
 pub(crate) struct TetherFilter {
     config: Arc<TetherConfig>,
     plugin: Rc<Plugin>,
@@ -106,12 +116,8 @@ impl TetherFilter {
     /// Adds the stream's changes (its tally, and a response's per-endpoint changes) to the
     /// worker's pending figures, and hands those to Envoy at once when the configuration does
     /// not tick. A phase that changed nothing takes no lock.
-    fn hand_over(
-        &mut self,
-        envoy: &mut EnvoyFilter<'_>,
-        response: Option<(&ResponseAction<'_>, &Found)>,
-    ) {
-        if self.tally.is_empty() && response.is_none() {
+    fn hand_over(&mut self, envoy: &mut EnvoyFilter<'_>, moved: Moved<'_, '_>) {
+        if self.tally.is_empty() && matches!(moved, Moved::Nothing) {
             return;
         }
         let config = self.config.clone();
@@ -119,11 +125,16 @@ impl TetherFilter {
         for (metric, delta) in self.tally.drain() {
             pending.tally.add(metric, delta);
         }
-        if let Some((action, found)) = response {
-            let series = &mut pending.series;
-            for_each_change(action, found, |change| {
+        let series = &mut pending.series;
+        match moved {
+            Moved::Nothing => {}
+            Moved::Response(action, found) => for_each_change(action, found, |change| {
                 series.add(&change, &mut || text(envoy.cluster_name()));
-            });
+            }),
+            // The per-endpoint gauge is not per cluster: no cluster is read for it.
+            Moved::Writes(writes) => {
+                for_each_live_change(writes, |change| series.add(&change, &mut || None));
+            }
         }
         if config.flusher.ticking() {
             config.flusher.touch();
@@ -326,7 +337,7 @@ impl Filter for TetherFilter {
             None => debug!("tether[{}]: decision=disabled", self.id),
         }
         self.stream = plan.stream;
-        self.hand_over(envoy, None);
+        self.hand_over(envoy, Moved::Nothing);
         Status::Continue
     }
 
@@ -358,7 +369,7 @@ impl Filter for TetherFilter {
             })
         };
         self.tally.response(&action);
-        self.hand_over(envoy, Some((&action, stream.state.found())));
+        self.hand_over(envoy, Moved::Response(&action, stream.state.found()));
         if plugin.watches_stream_end(&stream) {
             self.stream = Some(stream);
         }
@@ -388,7 +399,7 @@ impl Filter for TetherFilter {
             .filter(|op| !apply(envoy, HeaderMap::Response, op))
             .count();
         self.tally.add(Metric::HostCallFailures, to_i64(failed));
-        self.hand_over(envoy, None);
+        self.hand_over(envoy, Moved::Nothing);
         Status::Continue
     }
 
@@ -396,13 +407,15 @@ impl Filter for TetherFilter {
         // Only streams whose end matters kept their state past the response headers.
         if let Some(stream) = self.stream.take() {
             if self.plugin.watches_stream_end(&stream) {
-                let cas_retries = self
+                let writes = self
                     .plugin
                     .on_stream_end(&stream, store::global(), now_ms());
-                self.tally.add(Metric::CasRetries, to_i64(cas_retries));
+                self.tally.writes(&writes);
+                self.hand_over(envoy, Moved::Writes(&writes));
+                return;
             }
         }
-        self.hand_over(envoy, None);
+        self.hand_over(envoy, Moved::Nothing);
     }
 }
 
@@ -551,6 +564,69 @@ mod tests {
             Some(2)
         );
         assert_eq!(fake_host::metric("tether_host_call_failures"), Some(0));
+    }
+
+    #[test]
+    fn the_bindings_a_stream_ends_write_lets_go_leave_the_gauges() {
+        fake_host::reset();
+        // One bucket (8 sessions); idle 2 s, so a use is recorded 0.5 s after the last write.
+        let json =
+            br#"{"type": "learn", "learn_from": "response_header", "session_name": "x-stream-end",
+                        "max_sessions": 8, "idle_timeout": "2s"}"#;
+        let config = new_config(&mut fake_host::config(), b"tether", json).unwrap();
+        let set_up = |id: &str, upstream: &str, envelope: Option<&[u8]>| {
+            with_host(|h| {
+                h.request = pairs(&[(":method", "POST"), (":path", "/")]);
+                if let Some(e) = envelope {
+                    h.request.push((b"x-stream-end".to_vec(), e.to_vec()));
+                }
+                h.response = pairs(&[(":status", "200"), ("x-stream-end", id)]);
+                h.attributes = vec![(attribute_id::UPSTREAM_ADDRESS, upstream.as_bytes().to_vec())];
+                h.cluster = Some(b"backend".to_vec());
+            });
+        };
+        let envelope = || {
+            with_host(|h| {
+                h.response
+                    .iter()
+                    .find(|(k, _)| k == b"x-stream-end")
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap()
+        };
+        for id in ["old-1", "old-2", "old-3", "s1"] {
+            let upstream = if id == "s1" {
+                "127.0.0.1:8081"
+            } else {
+                "127.0.0.1:8082"
+            };
+            set_up(id, upstream, None);
+            let mut f = config.new_filter(&mut fake_host::filter()).unwrap();
+            let mut envoy = fake_host::filter();
+            f.on_request_headers(&mut envoy, true);
+            f.on_response_headers(&mut envoy, true);
+            f.on_stream_complete(&mut envoy);
+        }
+        let s1 = envelope();
+        flush(config.as_ref());
+        let live = |e: &str| fake_host::labeled_metric("tether_endpoint_live_bindings", &[e]);
+        assert_eq!(live("127.0.0.1:8082"), Some(3));
+        // s1 comes back at 1.2 s (its use recorded, the others 1.2 s idle: kept); its stream
+        // ends at 2.5 s, a use again, when the others are 2.5 s idle: that write lets them go.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        set_up("s1", "127.0.0.1:8081", Some(&s1));
+        let mut f = config.new_filter(&mut fake_host::filter()).unwrap();
+        let mut envoy = fake_host::filter();
+        f.on_request_headers(&mut envoy, true);
+        f.on_response_headers(&mut envoy, true);
+        flush(config.as_ref());
+        assert_eq!(live("127.0.0.1:8082"), Some(3));
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        f.on_stream_complete(&mut envoy);
+        flush(config.as_ref());
+        assert_eq!(live("127.0.0.1:8082"), Some(0));
+        assert_eq!(live("127.0.0.1:8081"), Some(1));
+        assert_eq!(fake_host::metric("tether_live_bindings"), Some(1));
     }
 
     #[test]

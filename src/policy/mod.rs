@@ -368,11 +368,16 @@ impl Policy {
         }
     }
 
-    /// The end of a request's stream (its last byte either way); returns CAS retries.
-    pub fn on_stream_end(&self, state: &PolicyState, store: &dyn Store, now_ms: u64) -> usize {
+    /// The end of a request's stream (its last byte either way); what it wrote.
+    pub fn on_stream_end(
+        &self,
+        state: &PolicyState,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> WriteReport {
         match (self, state) {
             (Policy::Response(p), PolicyState::Response(s)) => p.on_stream_end(s, store, now_ms),
-            _ => 0,
+            _ => WriteReport::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::outcome::Outcome;
 use crate::pin::{Lifetimes, Pin};
 use crate::seal::{Carrier, Sealer, MAX_PAYLOAD_LEN};
 use crate::secret::{IdHasher, Key};
-use crate::table::{Binding, BindingTable, Lookup, SessionId, Store, TableShape};
+use crate::table::{Binding, BindingTable, Lookup, SessionId, Store, TableShape, WriteReport};
 use std::rc::Rc;
 
 /// Longest id tether takes from a response: the longest an envelope carries. A longer one is
@@ -511,14 +511,20 @@ impl ResponseSessions {
     }
 
     /// The end of a request's stream: a long one (server-sent events) was activity until now,
-    /// so this Envoy's record of the session counts from its end.
-    pub fn on_stream_end(&self, state: &ResponseState, store: &dyn Store, now_ms: u64) -> usize {
+    /// so this Envoy's record of the session counts from its end. The write it makes, if any,
+    /// also lets expired bindings of the bucket go: its report says what the table lost.
+    pub fn on_stream_end(
+        &self,
+        state: &ResponseState,
+        store: &dyn Store,
+        now_ms: u64,
+    ) -> WriteReport {
         let (Some(table), Found::Pinned(pin), Some(id)) = (&self.table, &state.found, &state.id)
         else {
-            return 0;
+            return WriteReport::default();
         };
         if !self.watches_stream_end() {
-            return 0;
+            return WriteReport::default();
         }
         let key = self.id_of(id);
         // Most streams end within the touch interval of the record's last write (their own
@@ -527,14 +533,14 @@ impl ResponseSessions {
         // session took), the record was at least as fresh as the request found it.
         let seen = table.recall(store, &key).unwrap_or(pin.last_seen_ms);
         if !self.lifetimes.touch_due(&pin.seen(seen), now_ms, None) {
-            return 0;
+            return WriteReport::default();
         }
         match table.touch(store, &key, &pin.endpoint, now_ms) {
             Ok(r) => {
                 table.remember(store, &key, Some(now_ms));
-                r.cas_retries
+                r
             }
-            Err(_) => 0,
+            Err(_) => WriteReport::default(),
         }
     }
 }

@@ -618,3 +618,43 @@ fn the_fields_of_the_type_are_checked() {
         assert_eq!(e.field, field, "{json}: {e}");
     }
 }
+
+/// A stream's end that records the session's use writes its bucket, and that write lets the
+/// bucket's expired bindings go: its report says so, for the gauges.
+#[test]
+fn a_stream_end_reports_the_expired_bindings_its_write_let_go() {
+    // One bucket (8 sessions), a touch interval of 10 s.
+    let p = plugin(&MCP.replace('}', r#", "idle_timeout": "40s", "max_sessions": 8}"#));
+    let store = FakeStore::default();
+    for table in p.tables() {
+        table.prepare(&store).unwrap();
+    }
+    for id in ["old-1", "old-2", "old-3"] {
+        initialize(&p, &store, B, id, 0);
+    }
+    let env = initialize(&p, &store, A, "s1", 30_000);
+    // At 35 s the request finds its record fresh; the others are 35 s idle, not expired.
+    let plan = p.on_request(None, &mut call(&env), &store, 35_000);
+    let stream = plan.stream.unwrap();
+    let action = p.on_response(
+        &stream,
+        &mut FakeResponse::ok(A).header(H, "s1"),
+        &store,
+        35_000,
+        &mut SystemEntropy,
+    );
+    assert_eq!(action.writes.bindings_delta, 0);
+    // The stream ends at 50 s: a use 20 s after the last write, and the others are 50 s idle.
+    let writes = p.on_stream_end(&stream, &store, 50_000);
+    assert_eq!(writes.bindings_delta, -3);
+    assert_eq!(
+        writes
+            .endpoint_deltas
+            .iter()
+            .map(|(e, d)| (e.to_string(), *d))
+            .collect::<Vec<_>>(),
+        vec![(B.to_string(), -3)]
+    );
+    let x = exchange(&p, &store, call(&env), FakeResponse::ok(A), 60_000);
+    assert_eq!(x.pinned_to(), Some(A), "the session itself stays");
+}

@@ -246,6 +246,34 @@ def test_an_open_stream_keeps_an_idle_session_and_the_clock_counts_from_its_end(
         stop_servers(servers)
 
 
+def test_the_bindings_a_streams_end_lets_go_leave_the_live_bindings_gauge(topology, tmp_path):
+    servers = start_servers(tmp_path)
+    try:
+        # One bucket (8 sessions): the write a stream's end makes holds every binding.
+        env = add_envoy(topology, servers, "mcp-stream-end", keys=[new_key()], idle_timeout="3s",
+                        max_sessions=8)
+
+        def live():
+            return env.stats("tether_live_bindings").get(f"{harness.STAT_PREFIX}tether_live_bindings")
+
+        for _ in range(3):
+            initialize(env.port)
+        envelope, _ = initialize(env.port)
+        assert wait_until(lambda: live() == 4, 5, what="four live bindings")
+        time.sleep(1.5)
+        # A call streaming 2.5 s: its answer is a use (the others are 1.5 s idle: kept); its end
+        # is one again, when the others are over 3 s idle, and that write lets them go.
+        status, _, body = mcp_request(env.port, "POST", {
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"seconds": 2.5, "steps": 2}}},
+            session=envelope, timeout=15)
+        assert status == 200, body
+        assert wait_until(lambda: live() == 1, 5, what="only the streaming session's binding")
+        assert whoami(env.port, envelope, 8)["count"] >= 1
+    finally:
+        stop_servers(servers)
+
+
 # --------------------------------------------------------------------------------------------
 # two replicas
 
