@@ -83,6 +83,17 @@ enum Moved<'r, 'a> {
     Writes(&'r WriteReport),
 }
 
+impl Moved<'_, '_> {
+    /// No per-endpoint change: most streams' ends write nothing, and then take no lock.
+    fn is_nothing(&self) -> bool {
+        match self {
+            Moved::Nothing => true,
+            Moved::Response(..) => false,
+            Moved::Writes(writes) => writes.endpoint_deltas.is_empty(),
+        }
+    }
+}
+
 pub(crate) struct TetherFilter {
     config: Arc<TetherConfig>,
     plugin: Rc<Plugin>,
@@ -117,7 +128,7 @@ impl TetherFilter {
     /// worker's pending figures, and hands those to Envoy at once when the configuration does
     /// not tick. A phase that changed nothing takes no lock.
     fn hand_over(&mut self, envoy: &mut EnvoyFilter<'_>, moved: Moved<'_, '_>) {
-        if self.tally.is_empty() && matches!(moved, Moved::Nothing) {
+        if self.tally.is_empty() && moved.is_nothing() {
             return;
         }
         let config = self.config.clone();
@@ -405,17 +416,17 @@ impl Filter for TetherFilter {
 
     fn on_stream_complete(&mut self, envoy: &mut EnvoyFilter<'_>) {
         // Only streams whose end matters kept their state past the response headers.
-        if let Some(stream) = self.stream.take() {
-            if self.plugin.watches_stream_end(&stream) {
-                let writes = self
-                    .plugin
-                    .on_stream_end(&stream, store::global(), now_ms());
-                self.tally.writes(&writes);
-                self.hand_over(envoy, Moved::Writes(&writes));
-                return;
-            }
-        }
-        self.hand_over(envoy, Moved::Nothing);
+        let writes = self
+            .stream
+            .take()
+            .filter(|stream| self.plugin.watches_stream_end(stream))
+            .map(|stream| {
+                self.plugin
+                    .on_stream_end(&stream, store::global(), now_ms())
+            })
+            .unwrap_or_default();
+        self.tally.writes(&writes);
+        self.hand_over(envoy, Moved::Writes(&writes));
     }
 }
 
