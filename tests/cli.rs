@@ -442,6 +442,113 @@ fn each_requirement_broken_in_turn_is_reported() {
     }
 }
 
+/// `v` as Envoy's JSON names spell it (`typedConfig`), the way protobuf's JSON printer and
+/// some generators write a bootstrap; the user's own keys (metadata, filter names) as they are.
+fn json_names(v: &Value) -> Value {
+    fn camel(key: &str) -> String {
+        let mut out = String::new();
+        let mut upper = false;
+        for c in key.chars() {
+            match c {
+                '_' => upper = true,
+                c if upper => {
+                    out.push(c.to_ascii_uppercase());
+                    upper = false;
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    match v {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    let value = match k.as_str() {
+                        "filter_metadata" => v.clone(),
+                        "typed_per_filter_config" | "typed_extension_protocol_options" => {
+                            Value::Object(
+                                v.as_object()
+                                    .unwrap()
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), json_names(v)))
+                                    .collect(),
+                            )
+                        }
+                        _ => json_names(v),
+                    };
+                    (camel(k), value)
+                })
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.iter().map(json_names).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The extension config at `pointer` carried in an `xds.type.v3.TypedStruct`, as Istio writes
+/// filters.
+fn in_typed_struct(v: &mut Value, pointer: &str) {
+    let typed = at(v, pointer);
+    let mut fields = typed.as_object().unwrap().clone();
+    let url = fields.remove("@type").unwrap();
+    *typed = json!({
+        "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+        "type_url": url,
+        "value": fields,
+    });
+}
+
+#[test]
+fn a_bootstrap_in_json_names_or_typed_structs_is_read_as_envoy_reads_it() {
+    for file in shipped_envoy_configs() {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let shipped = yaml(file.strip_prefix(repo("")).unwrap().to_str().unwrap());
+        let plain = tether(&["check-envoy", file.to_str().unwrap()]);
+        let ok_line = |out: &Output| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .split_once(": ok: ")
+                .map(|(_, rest)| rest.to_string())
+        };
+        let expected = ok_line(&plain).expect("the shipped file passes");
+
+        let mut wrapped = shipped.clone();
+        in_typed_struct(&mut wrapped, &format!("{HCM}/http_filters/0/typed_config"));
+        in_typed_struct(&mut wrapped, HCM);
+        for (label, twin) in [
+            ("json names", json_names(&shipped)),
+            ("typed structs", wrapped.clone()),
+            ("both", json_names(&wrapped)),
+        ] {
+            let path = written(&format!("spelled-{label}-{name}.json"), &twin);
+            let out = tether(&["check-envoy", path.to_str().unwrap()]);
+            assert!(out.status.success(), "{name} in {label}: {}", text(&out));
+            assert_eq!(ok_line(&out), Some(expected.clone()), "{name} in {label}");
+        }
+    }
+    // And a mistake is still found in that spelling.
+    let mut broken = yaml("envoy/envoy.yaml");
+    remove(
+        &mut broken,
+        &format!("{HCM}/route_config/virtual_hosts/0/routes/1/route/retry_policy"),
+    );
+    in_typed_struct(&mut broken, HCM);
+    let path = written("spelled-broken.json", &json_names(&broken));
+    let out = tether(&["check-envoy", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        findings(&out)
+            .iter()
+            .any(|l| l.starts_with(&format!("{ROUTE}: no retry policy"))),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn a_bootstrap_that_is_not_yaml_is_refused() {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("not-yaml.yaml");

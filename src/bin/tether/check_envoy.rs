@@ -117,6 +117,7 @@ struct Needs {
 }
 
 pub fn check(bootstrap: &Value) -> Report {
+    let bootstrap = &proto_form(bootstrap);
     let mut report = Report::default();
     let resources = bootstrap.get("static_resources");
     let mut needs: BTreeMap<String, Needs> = BTreeMap::new();
@@ -822,6 +823,84 @@ fn check_upstream_strip(cpath: &str, cluster: &Value, need: &Needs, report: &mut
 }
 
 // ------------------------------------------------------------------------------------------
+// The bootstrap in one spelling.
+
+/// The bootstrap as this command reads it: every field by its proto name, and every
+/// `TypedStruct` as the message it carries. Envoy accepts a field by its proto name or its
+/// JSON name (`typedConfig` for `typed_config`), and an extension's config as a `TypedStruct`
+/// (what Istio and some generators write); read as written, either would hide a whole filter or
+/// cluster from the checks and report it missing.
+fn proto_form(v: &Value) -> Value {
+    match v {
+        Value::Object(fields) => {
+            if let Some(carried) = typed_struct(fields) {
+                return carried;
+            }
+            let mut out = serde_json::Map::new();
+            for (key, value) in fields {
+                let name = proto_name(key);
+                let value = match name.as_str() {
+                    // A Struct or a map of Structs: the keys are the user's own (metadata names,
+                    // runtime keys), compared as written.
+                    "filter_metadata" | "typed_filter_metadata" | "static_layer" => value.clone(),
+                    // Maps whose keys are names (of filters, of extensions) and whose values are
+                    // messages.
+                    "typed_per_filter_config" | "typed_extension_protocol_options" => match value {
+                        Value::Object(map) => Value::Object(
+                            map.iter()
+                                .map(|(k, v)| (k.clone(), proto_form(v)))
+                                .collect(),
+                        ),
+                        other => proto_form(other),
+                    },
+                    _ => proto_form(value),
+                };
+                out.insert(name, value);
+            }
+            Value::Object(out)
+        }
+        Value::Array(list) => Value::Array(list.iter().map(proto_form).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A `TypedStruct` (`udpa.type.v1` or `xds.type.v3`) as the message of its `type_url`.
+fn typed_struct(fields: &serde_json::Map<String, Value>) -> Option<Value> {
+    let kind = fields.get("@type").and_then(Value::as_str)?;
+    if !(kind.ends_with("udpa.type.v1.TypedStruct") || kind.ends_with("xds.type.v3.TypedStruct")) {
+        return None;
+    }
+    let url = fields
+        .get("type_url")
+        .or_else(|| fields.get("typeUrl"))
+        .and_then(Value::as_str)?;
+    let mut carried = match fields.get("value").map(proto_form) {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    carried.insert("@type".into(), Value::String(url.to_string()));
+    Some(Value::Object(carried))
+}
+
+/// A field's proto name from its JSON name (`typedConfig` -> `typed_config`); a proto name, and
+/// `@type`, as they are.
+fn proto_name(key: &str) -> String {
+    if !key.bytes().any(|b| b.is_ascii_uppercase()) {
+        return key.to_string();
+    }
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------
 // Reading JSON values without indexing.
 
 fn items<'a>(v: Option<&'a Value>, key: &str) -> impl Iterator<Item = (usize, &'a Value)> {
@@ -967,6 +1046,32 @@ mod tests {
         let r = check(&b);
         assert!(r.findings.is_empty());
         assert!(r.notes[0].ends_with("routes come from RDS: not checked"));
+    }
+
+    #[test]
+    fn json_names_become_proto_names_but_the_users_own_keys_stay() {
+        let v = proto_form(&json!({
+            "typedConfig": {"@type": "t", "routeConfig": {}},
+            "metadata": {"filterMetadata": {"envoy.lb": {"tetherStrict": "pinned"}}},
+            "typedPerFilterConfig": {"myTether": {"disabled": true}},
+        }));
+        assert_eq!(
+            v,
+            json!({
+                "typed_config": {"@type": "t", "route_config": {}},
+                "metadata": {"filter_metadata": {"envoy.lb": {"tetherStrict": "pinned"}}},
+                "typed_per_filter_config": {"myTether": {"disabled": true}},
+            })
+        );
+        let carried = proto_form(&json!({
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "typeUrl": "type.googleapis.com/x.Y",
+            "value": {"vmConfig": {"vm_id": "a"}},
+        }));
+        assert_eq!(
+            carried,
+            json!({"@type": "type.googleapis.com/x.Y", "vm_config": {"vm_id": "a"}})
+        );
     }
 
     #[test]
