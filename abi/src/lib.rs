@@ -23,7 +23,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-pub use logger::log_critical;
+pub use logger::{log_critical, refresh_level as refresh_log_level};
 
 /// The ABI version this module is written against; Envoy logs "Dynamic module ABI version
 /// v0.2.0 matched." when it is the one Envoy speaks.

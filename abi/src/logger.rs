@@ -10,9 +10,20 @@ static LOGGER: EnvoyLogger = EnvoyLogger;
 /// Sends `log` records to Envoy from now on (once per process; a second call changes nothing).
 pub(crate) fn install() {
     if log::set_logger(&LOGGER).is_ok() {
-        // Envoy filters by its own level (`enabled`); every level reaches it.
-        log::set_max_level(log::LevelFilter::Trace);
+        refresh_level();
     }
+}
+
+/// Sets the `log` crate's level to the most verbose one Envoy prints now, so that a line Envoy
+/// would drop costs the `log` macro's comparison instead of a call into Envoy on every request.
+/// Envoy's level can change at any time (`/logging`): the module calls this again on each tick of
+/// its metrics thread, and a line that passes is still asked of Envoy before it is formatted.
+pub fn refresh_level() {
+    use log::Level::{Debug, Error, Info, Trace, Warn};
+    let most = [Trace, Debug, Info, Warn, Error]
+        .into_iter()
+        .find(|l| enabled(envoy_level(*l)));
+    log::set_max_level(most.map_or(log::LevelFilter::Off, |l| l.to_level_filter()));
 }
 
 fn envoy_level(level: log::Level) -> u32 {

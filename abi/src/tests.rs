@@ -194,7 +194,7 @@ fn a_panicking_phase_continues_the_stream_and_retires_the_filter() {
 }
 
 #[test]
-fn the_logger_formats_only_what_envoy_prints() {
+fn the_logger_formats_only_what_envoy_prints_and_follows_its_level() {
     fake_host::reset();
     logger::install();
     with_host(|h| h.log_level = sys::log_level::INFO);
@@ -202,4 +202,18 @@ fn the_logger_formats_only_what_envoy_prints() {
     log::warn!("shown {}", 2);
     let logs = with_host(|h| std::mem::take(&mut h.logs));
     assert_eq!(logs, vec![(sys::log_level::WARN, "shown 2".to_string())]);
+
+    // The `log` crate's own level follows Envoy's when refreshed (one test: that level is the
+    // process's).
+    for (envoy, expected) in [
+        (sys::log_level::WARN, log::LevelFilter::Warn),
+        (sys::log_level::DEBUG, log::LevelFilter::Debug),
+        (sys::log_level::TRACE, log::LevelFilter::Trace),
+        (sys::log_level::CRITICAL, log::LevelFilter::Off),
+        (sys::log_level::ERROR, log::LevelFilter::Error),
+    ] {
+        with_host(|h| h.log_level = envoy);
+        crate::refresh_log_level();
+        assert_eq!(log::max_level(), expected, "Envoy at {envoy}");
+    }
 }

@@ -213,9 +213,10 @@ fn ticker_started() -> bool {
     })
 }
 
-/// One tick: every configuration with something pending gets its flush scheduled; a panic not
-/// reported yet gets the first one's.
+/// One tick: the log level is read from Envoy again; every configuration with something
+/// pending gets its flush scheduled; a panic not reported yet gets the first one's.
 fn tick() {
+    tether_abi::refresh_log_level();
     let live: Vec<Arc<Flusher>> = {
         let mut registry = lock(&REGISTRY);
         registry.retain(|w| w.strong_count() > 0);
