@@ -60,6 +60,8 @@ KNOWN = {
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"),
     ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"),
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"),
+    ("v1", "ConfigMap"),
 }
 
 # Envoy Gateway's fallback for each `loadBalancer.type` under endpointOverride (its translator,
@@ -560,6 +562,31 @@ def test_envoy_gateway_manifests_agree():
     top_level = [where for where, doc in MANIFESTS if doc["kind"] == "EnvoyPatchPolicy"
                  and Path(where.split("#")[0]).parent == Path("deploy/envoy-gateway")]
     assert not top_level, top_level
+
+
+def manifest_stats_configs() -> dict[str, dict]:
+    """The bootstrap fragment each gateway's manifest merges into its Envoy's bootstrap."""
+    (istio,) = [d for d in of_kind("ConfigMap") if "custom_bootstrap.json" in d.get("data", {})]
+    eg = one("EnvoyProxy")
+    assert eg["spec"]["bootstrap"]["type"] == "Merge"
+    return {"istio": json.loads(istio["data"]["custom_bootstrap.json"]),
+            "envoy-gateway": yaml.safe_load(eg["spec"]["bootstrap"]["value"])}
+
+
+def test_gateway_bootstraps_carry_envoy_yamls_stats_tags():
+    """The per-endpoint metrics get their cluster and endpoint tags on both gateways: the same
+    stats_tags as envoy/envoy.yaml (test_stats_tags.py runs each in a real Envoy), merged into
+    the bootstrap of the pods tether runs in."""
+    for label, fragment in manifest_stats_configs().items():
+        assert fragment == {"stats_config": shipped()["stats_config"]}, label
+    (istio,) = [d for d in of_kind("ConfigMap") if "custom_bootstrap.json" in d.get("data", {})]
+    # sidecar.istio.io/bootstrapOverride names a ConfigMap in the pod's namespace: the gateway's.
+    assert istio["metadata"]["namespace"] == one("WasmPlugin")["metadata"]["namespace"]
+    gw = one("Gateway", "gateway.networking.k8s.io")
+    eg = one("EnvoyProxy")
+    assert gw["spec"]["infrastructure"]["parametersRef"] == {
+        "group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": eg["metadata"]["name"]}
+    assert eg["metadata"]["namespace"] == gw["metadata"]["namespace"]
 
 
 def test_oci_dockerfile_packs_the_module_as_plugin_wasm():

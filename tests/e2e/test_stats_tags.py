@@ -1,5 +1,7 @@
-"""The shipped `stats_tags` (envoy/envoy.yaml) in a real Envoy, on stat names no loopback test
-reaches: IPv6 endpoints, and cluster names holding dots, `|`, `=` and even `.endpoint=`.
+"""The shipped `stats_tags` in a real Envoy, on stat names no loopback test reaches: IPv6
+endpoints, and cluster names holding dots, `|`, `=` and even `.endpoint=`. Each source is run:
+envoy/envoy.yaml, and what the Istio and Envoy Gateway manifests merge into their Envoy's
+bootstrap (deploy/istio/stats-tags.yaml, deploy/envoy-gateway/envoyproxy.yaml).
 
 A tiny proxy-wasm module (assembled here from text) defines counters under names of the form
 `src/endpoints.rs` writes (`Series::stat_name`, whose unit test pins the same form) and moves
@@ -9,10 +11,12 @@ and endpoint as tags.
 import re
 import subprocess
 
+import pytest
 import yaml
 
 import harness
 from test_endpoint_metrics import samples
+from test_manifests import manifest_stats_configs
 
 WASM_AS = harness.REPO / ".tools" / "node_modules" / ".bin" / "wasm-as"
 
@@ -70,8 +74,13 @@ def module(workdir) -> str:
     return str(out)
 
 
-def bootstrap(admin_port: int, listener_port: int, wasm: str) -> dict:
-    shipped = harness.yaml_load(harness.ENVOY_YAML)
+def stats_config(source: str) -> dict:
+    if source == "envoy.yaml":
+        return harness.yaml_load(harness.ENVOY_YAML)["stats_config"]
+    return manifest_stats_configs()[source]["stats_config"]
+
+
+def bootstrap(admin_port: int, listener_port: int, wasm: str, source: str) -> dict:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
                  ".v3.HttpConnectionManager",
@@ -87,7 +96,7 @@ def bootstrap(admin_port: int, listener_port: int, wasm: str) -> dict:
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
     }
     return {
-        "stats_config": shipped["stats_config"],
+        "stats_config": stats_config(source),
         "admin": {"address": {"socket_address": {"address": harness.HOST, "port_value": admin_port}}},
         "static_resources": {"listeners": [{
             "name": "names",
@@ -97,10 +106,12 @@ def bootstrap(admin_port: int, listener_port: int, wasm: str) -> dict:
     }
 
 
-def test_shipped_stats_tags_yield_the_exact_cluster_and_endpoint(tmp_path):
+@pytest.mark.parametrize("source", ["envoy.yaml", "istio", "envoy-gateway"])
+def test_shipped_stats_tags_yield_the_exact_cluster_and_endpoint(tmp_path, source):
     admin = harness.free_port()
     cfg = tmp_path / "names.yaml"
-    cfg.write_text(yaml.safe_dump(bootstrap(admin, harness.free_port(), module(tmp_path))))
+    cfg.write_text(yaml.safe_dump(bootstrap(admin, harness.free_port(), module(tmp_path),
+                                            source)))
     log = open(tmp_path / "envoy.log", "wb")
     proc = subprocess.Popen(
         [harness.envoy_binary(), "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1",
