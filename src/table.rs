@@ -319,7 +319,7 @@ impl BindingTable {
     pub fn lookup(&self, store: &dyn Store, id: &SessionId, now_ms: u64) -> Lookup {
         let mut found = None;
         let read = store.read(&self.bucket_key(id), &mut |bytes| {
-            found = bytes.and_then(|b| decode_bucket(b).into_iter().find(|b| b.id == *id));
+            found = bytes.and_then(|b| find_in_bucket(b, id));
         });
         match read.ok().and(found) {
             None => Lookup::Unknown,
@@ -517,6 +517,35 @@ fn decode_bucket(bytes: &[u8]) -> Vec<Binding> {
     entries
 }
 
+/// The binding of `id` in a bucket, as `decode_bucket` followed by a search would find it, but
+/// decoding (and allocating for) that one only: a lookup wants one of up to eight. The others
+/// are still read through, so a bucket that does not parse reads as empty here too.
+fn find_in_bucket(bytes: &[u8], id: &SessionId) -> Option<Binding> {
+    let mut r = Reader(bytes);
+    let (Some(FORMAT_VERSION), Some(count)) = (r.byte(), r.byte()) else {
+        return None;
+    };
+    let mut found = None;
+    for _ in 0..count {
+        if found.is_none() && r.0.get(..ID_LEN) == Some(&id.0[..]) {
+            found = Some(decode_binding(&mut r)?);
+        } else {
+            skip_binding(&mut r)?;
+        }
+    }
+    found
+}
+
+/// Reads past one binding, refusing what `decode_binding` refuses.
+fn skip_binding(r: &mut Reader<'_>) -> Option<()> {
+    r.take(ID_LEN + 1 + 8 + 8)?;
+    for _ in 0..2 {
+        let len = usize::from(r.byte()?);
+        std::str::from_utf8(r.take(len)?).ok()?;
+    }
+    Some(())
+}
+
 fn decode_binding(r: &mut Reader<'_>) -> Option<Binding> {
     let id = SessionId(r.take(ID_LEN)?.try_into().ok()?);
     let flags = r.byte()?;
@@ -675,6 +704,37 @@ mod tests {
             decode_bucket(&[2, 0]).is_empty(),
             "an older format reads as empty"
         );
+    }
+
+    #[test]
+    fn a_lookup_finds_in_a_bucket_what_decoding_it_whole_finds() {
+        let mut entries: Vec<Binding> = (1..=8)
+            .map(|n| binding(n, &format!("10.0.0.{n}:8080"), u64::from(n)))
+            .collect();
+        entries[3].pin.cluster = Some("canary".into());
+        entries[5].returned = true;
+        let whole = encode_bucket(&entries);
+        let mut damaged: Vec<Vec<u8>> = (0..whole.len()).map(|cut| whole[..cut].to_vec()).collect();
+        for at in 0..whole.len() {
+            for byte in [0x00, 0x07, 0xff] {
+                let mut b = whole.clone();
+                b[at] = byte;
+                damaged.push(b);
+            }
+        }
+        damaged.push(whole.clone());
+        damaged.push(encode_bucket(&[]));
+        for bytes in &damaged {
+            let decoded = decode_bucket(bytes);
+            for n in 0..=9 {
+                let wanted = id(n);
+                assert_eq!(
+                    find_in_bucket(bytes, &wanted),
+                    decoded.iter().find(|b| b.id == wanted).cloned(),
+                    "id {n} in {bytes:?}"
+                );
+            }
+        }
     }
 
     #[test]
