@@ -27,6 +27,8 @@ pub const MAX_MAX_SESSIONS: usize = 10_000_000;
 pub const MIN_MAX_SESSIONS: usize = 8;
 pub const MAX_TRUSTED_HOPS: usize = 16;
 pub const MAX_KEYS: usize = 8;
+/// The longest secret name `keys_secret` takes.
+pub const MAX_SECRET_NAME: usize = 256;
 /// Longest session name (a cookie, header or query parameter name).
 pub const MAX_NAME_LEN: usize = 128;
 /// The request header tether sets on a strict session's requests, for the route that keeps
@@ -135,6 +137,7 @@ struct Fields {
     learn_from: Option<LearnFrom>,
     trusted_hops: Option<u64>,
     keys: Option<Vec<KeyText>>,
+    keys_secret: Option<SecretName>,
     cookie: Option<CookieFields>,
     absolute_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
@@ -178,6 +181,24 @@ struct Name(String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KeyText(Key);
 
+/// One of Envoy's generic secrets (`keys_secret`): its name, and where Envoy gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SecretName(KeysSecret);
+
+/// Reads a secret's value for `Config::resolve_keys`: `Ok(None)` while Envoy has none yet, an
+/// error line when it cannot be read.
+pub type ReadSecret<'a> = dyn FnMut(&KeysSecret) -> Result<Option<Vec<u8>>, String> + 'a;
+
+/// Where a policy's keys come from when they are not written in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysSecret {
+    /// The secret's name in Envoy.
+    pub name: String,
+    /// An Envoy `ConfigSource` (JSON) that serves the secret by SDS; `None`: the bootstrap's
+    /// `static_resources.secrets`.
+    pub config_source: Option<String>,
+}
+
 /// A Gateway API duration, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Duration(u64);
@@ -203,6 +224,88 @@ where
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| check_token(s).map(|()| Name(s.to_string())))
+    }
+}
+
+fn secret_name(name: &str) -> Result<String, String> {
+    let visible = name.bytes().all(|b| b.is_ascii_graphic());
+    if name.is_empty() || name.len() > MAX_SECRET_NAME || !visible {
+        return Err(format!(
+            "must name an Envoy secret: 1 to {MAX_SECRET_NAME} visible ASCII characters"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// `keys_secret` as written: the secret's name (the bootstrap's `static_resources.secrets`),
+/// or `{"name": ..., "path": ...}` (served by SDS from that file, which Envoy watches), or
+/// `{"name": ..., "ads": true}` (served by SDS over the bootstrap's ADS). A visitor of its
+/// own: reading any JSON value here would bring a second copy of serde_json's value
+/// deserializer into the module.
+struct SecretVisitor;
+
+const SECRET_SHAPE: &str = "a secret's name, or {\"name\": ..., \"path\": <an SDS file>}, or \
+                            {\"name\": ..., \"ads\": true}";
+
+impl<'de> de::Visitor<'de> for SecretVisitor {
+    type Value = KeysSecret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SECRET_SHAPE)
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<KeysSecret, E> {
+        Ok(KeysSecret {
+            name: secret_name(name).map_err(E::custom)?,
+            config_source: None,
+        })
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<KeysSecret, A::Error> {
+        let (mut name, mut path, mut ads) = (None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "name" => name = Some(map.next_value::<String>()?),
+                "path" => path = Some(map.next_value::<String>()?),
+                "ads" => ads = Some(map.next_value::<bool>()?),
+                _ => return Err(de::Error::custom(format!("must be {SECRET_SHAPE}"))),
+            }
+        }
+        let source = match (path, ads) {
+            (Some(path), None) if !path.is_empty() => {
+                format!(
+                    r#"{{"path_config_source":{{"path":"{}"}}}}"#,
+                    json_escaped(&path)
+                )
+            }
+            (None, Some(true)) => r#"{"ads":{}}"#.to_string(),
+            _ => return Err(de::Error::custom(format!("must be {SECRET_SHAPE}"))),
+        };
+        let name = name.ok_or_else(|| de::Error::custom(format!("must be {SECRET_SHAPE}")))?;
+        Ok(KeysSecret {
+            name: secret_name(&name).map_err(de::Error::custom)?,
+            config_source: Some(source),
+        })
+    }
+}
+
+/// `text` inside a JSON string.
+fn json_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl<'de> Deserialize<'de> for SecretName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretVisitor).map(SecretName)
     }
 }
 
@@ -429,6 +532,9 @@ pub struct Settings {
     pub routing: Routing,
     /// Token keys: the first seals, all open. Empty: the per-Envoy secret.
     pub keys: Vec<Key>,
+    /// The Envoy secret the keys are read from (`keys_secret`), by the adapter, before any
+    /// traffic (`Config::resolve_keys`); `keys` is empty until then.
+    pub keys_secret: Option<KeysSecret>,
 }
 
 impl Settings {
@@ -477,6 +583,7 @@ impl Default for Settings {
                 strict: None,
             },
             keys: Vec::new(),
+            keys_secret: None,
         })
     }
 }
@@ -533,6 +640,43 @@ impl Config {
         let config = Config { default, routes };
         config.check_shared_tables()?;
         Ok(config)
+    }
+
+    /// Fills the keys of every policy with `keys_secret` from that secret's value, as `read`
+    /// gives it (the adapter asks Envoy; `None`: not delivered yet, the keys stay empty); the
+    /// first refusal is the configuration's, naming the field. A secret holds keys as `keys`
+    /// lists them, separated by commas or white space.
+    pub fn resolve_keys(&mut self, read: &mut ReadSecret<'_>) -> Result<(), ConfigError> {
+        let routes = self
+            .routes
+            .iter_mut()
+            .filter_map(|(name, s)| s.as_mut().map(|s| (format!("routes.{name}."), s)));
+        for (prefix, settings) in std::iter::once((String::new(), &mut self.default)).chain(routes)
+        {
+            let Some(secret) = &settings.keys_secret else {
+                continue;
+            };
+            let field = format!("{prefix}keys_secret");
+            let Some(value) = read(secret).map_err(|problem| err(&field, problem))? else {
+                settings.keys.clear();
+                continue;
+            };
+            settings.keys = keys_in_secret(&value).map_err(|problem| {
+                err(&field, format!("the secret \"{}\" {problem}", secret.name))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The first `keys_secret` field written, by its path (a host that cannot read Envoy's
+    /// secrets refuses it).
+    pub fn keys_secret_field(&self) -> Option<String> {
+        self.policies()
+            .find(|(_, s)| s.keys_secret.is_some())
+            .map(|(route, _)| match route {
+                "" => "keys_secret".to_string(),
+                route => format!("routes.{route}.keys_secret"),
+            })
     }
 
     /// Every enabled policy: the top level's first, then the routes' in name order.
@@ -635,7 +779,17 @@ fn merge(base: &Fields, over: &Fields) -> Fields {
             .or_else(|| base.session_name.clone()),
         learn_from: over.learn_from.or(base.learn_from),
         trusted_hops: over.trusted_hops.or(base.trusted_hops),
-        keys: over.keys.clone().or_else(|| base.keys.clone()),
+        // A route that names its keys either way replaces both of the top level's.
+        keys: if over.keys.is_some() || over.keys_secret.is_some() {
+            over.keys.clone()
+        } else {
+            base.keys.clone()
+        },
+        keys_secret: if over.keys.is_some() || over.keys_secret.is_some() {
+            over.keys_secret.clone()
+        } else {
+            base.keys_secret.clone()
+        },
         cookie,
         absolute_timeout: over.absolute_timeout.or(base.absolute_timeout),
         idle_timeout: over.idle_timeout.or(base.idle_timeout),
@@ -682,6 +836,7 @@ fn check_applies(written: &Fields, effective: &Fields, prefix: &str) -> Result<(
         ),
         ("max_sessions", written.max_sessions.is_some(), keeps_table),
         ("keys", written.keys.is_some(), seals),
+        ("keys_secret", written.keys_secret.is_some(), seals),
         ("cookie", written.cookie.is_some(), has_cookie),
         (
             "request_header",
@@ -735,6 +890,35 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// The meaning of one policy's merged fields.
+/// The keys a secret holds: base64 keys as `keys` takes them, separated by commas or white
+/// space, the first sealing. What is wrong is said by position, never with the secret's bytes.
+fn keys_in_secret(value: &[u8]) -> Result<Vec<Key>, String> {
+    let texts: Vec<&[u8]> = value
+        .split(|b| *b == b',' || b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if texts.is_empty() || texts.len() > MAX_KEYS {
+        return Err(format!(
+            "holds {} keys: it must hold 1 to {MAX_KEYS}, separated by commas or white space",
+            texts.len()
+        ));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            crate::encoding::base64_decode(text)
+                .and_then(|bytes| Key::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "holds a key {} that is not base64 of {KEY_LEN} bytes (`tether keygen` makes one)",
+                        i + 1
+                    )
+                })
+        })
+        .collect()
+}
+
 fn compile(f: &Fields, prefix: &str) -> Result<Settings, ConfigError> {
     let at = |field: &str| format!("{prefix}{field}");
     let kind = f.kind.unwrap_or(SessionType::Cookie);
@@ -822,12 +1006,19 @@ fn compile(f: &Fields, prefix: &str) -> Result<Settings, ConfigError> {
         }
         Some(keys) => keys.iter().map(|k| k.0).collect(),
     };
+    if f.keys.is_some() && f.keys_secret.is_some() {
+        return Err(err(
+            &at("keys_secret"),
+            "give keys or keys_secret, not both",
+        ));
+    }
     Ok(Settings {
         session_name,
         kind,
         lifetimes,
         routing,
         keys,
+        keys_secret: f.keys_secret.as_ref().map(|n| n.0.clone()),
     })
 }
 
@@ -1361,5 +1552,136 @@ mod tests {
         .unwrap();
         // Token sessions keep no table: names may repeat with any settings.
         Config::parse(br#"{"routes": {"a": {"idle_timeout": "1m"}, "b": {}}}"#).unwrap();
+    }
+
+    #[test]
+    fn keys_come_from_an_envoy_secret_named_or_served_by_sds() {
+        let mut c = Config::parse(
+            br#"{"keys_secret": "tether-keys",
+                 "routes": {"sds": {"type": "header", "keys_secret": {"name": "rotated",
+                                    "path": "/etc/sds.yaml"}},
+                            "own": {"keys": ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]},
+                            "inherits": {"type": "header"}}}"#,
+        )
+        .unwrap();
+        fn route(c: &Config, route: &str) -> Settings {
+            c.routes
+                .iter()
+                .find(|(n, _)| n == route)
+                .and_then(|(_, s)| s.clone())
+                .unwrap()
+        }
+        let named = |r: &str| route(&c, r);
+        assert_eq!(
+            c.default.keys_secret,
+            Some(KeysSecret {
+                name: "tether-keys".into(),
+                config_source: None
+            })
+        );
+        let sds = named("sds").keys_secret.unwrap();
+        assert_eq!(sds.name, "rotated");
+        let source: serde_json::Value =
+            serde_json::from_str(sds.config_source.as_deref().unwrap()).unwrap();
+        assert_eq!(source["path_config_source"]["path"], "/etc/sds.yaml");
+        let odd = Config::parse(br#"{"keys_secret": {"name": "x", "path": "/a \"b\"\\c\u0001"}}"#)
+            .unwrap();
+        let odd: serde_json::Value =
+            serde_json::from_str(&odd.default.keys_secret.unwrap().config_source.unwrap()).unwrap();
+        assert_eq!(odd["path_config_source"]["path"], "/a \"b\"\\c\u{1}");
+        let ads = Config::parse(br#"{"keys_secret": {"name": "x", "ads": true}}"#).unwrap();
+        assert_eq!(
+            ads.default
+                .keys_secret
+                .and_then(|k| k.config_source)
+                .as_deref(),
+            Some(r#"{"ads":{}}"#)
+        );
+        // A route's own keys replace the secret it would inherit; no keys inherit it.
+        assert_eq!(named("own").keys_secret, None);
+        assert_eq!(named("own").keys.len(), 1);
+        assert_eq!(named("inherits").keys_secret, c.default.keys_secret);
+
+        let k1 = [1u8; 32];
+        let k2 = [2u8; 32];
+        let b64 = |k: &[u8; 32]| crate::encoding::base64url_encode(k);
+        let mut asked = Vec::new();
+        c.resolve_keys(&mut |secret| {
+            asked.push(secret.name.clone());
+            Ok(match secret.name.as_str() {
+                "tether-keys" => Some(format!("{}\n{}\n", b64(&k2), b64(&k1)).into_bytes()),
+                _ => None,
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            asked,
+            ["tether-keys", "tether-keys", "rotated"],
+            "routes in name order"
+        );
+        let named = |r: &str| route(&c, r);
+        assert_eq!(c.default.keys, vec![k2, k1], "the first seals");
+        assert!(named("sds").keys.is_empty(), "not delivered yet");
+        assert_eq!(named("inherits").keys, vec![k2, k1]);
+        assert_eq!(named("own").keys.len(), 1, "written keys are left alone");
+    }
+
+    #[test]
+    fn a_secret_without_usable_keys_is_refused_naming_the_field_not_its_bytes() {
+        let mut c = Config::parse(br#"{"routes": {"r": {"keys_secret": "k"}}}"#).unwrap();
+        let good = crate::encoding::base64url_encode(&[7u8; 32]);
+        for (value, problem) in [
+            ("".to_string(), "holds 0 keys"),
+            (" , \n".to_string(), "holds 0 keys"),
+            (
+                format!("{good},not-a-key"),
+                "holds a key 2 that is not base64 of 32 bytes",
+            ),
+            ("c2hvcnQ=".to_string(), "holds a key 1 that is not base64"),
+            (vec![good.clone(); 9].join(" "), "holds 9 keys"),
+        ] {
+            let e = c
+                .resolve_keys(&mut |_| Ok(Some(value.clone().into_bytes())))
+                .unwrap_err();
+            assert_eq!(e.field, "routes.r.keys_secret", "{e}");
+            assert!(e.problem.starts_with("the secret \"k\" "), "{e}");
+            assert!(e.problem.contains(problem), "{value:?}: {e}");
+            assert!(
+                !e.problem.contains(&good) && !e.problem.contains("not-a-key"),
+                "{e}"
+            );
+        }
+        let e = c
+            .resolve_keys(&mut |_| Err("Envoy has no such secret".into()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "routes.r.keys_secret: Envoy has no such secret"
+        );
+        for (json, field) in [
+            (r#"{"keys_secret": ""}"#, "keys_secret"),
+            (r#"{"keys_secret": "has space"}"#, "keys_secret"),
+            (r#"{"keys_secret": 7}"#, "keys_secret"),
+            (r#"{"keys_secret": {"name": "k"}}"#, "keys_secret"),
+            (
+                r#"{"keys_secret": {"name": "k", "config_source": {}, "x": 1}}"#,
+                "keys_secret",
+            ),
+            (
+                r#"{"keys_secret": "k", "keys": ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]}"#,
+                "keys_secret",
+            ),
+            (
+                r#"{"type": "source_ip", "keys_secret": "k"}"#,
+                "keys_secret",
+            ),
+            (
+                r#"{"routes": {"r": {"type": "source_ip", "keys_secret": "k"}}}"#,
+                "routes.r.keys_secret",
+            ),
+        ] {
+            let e = Config::parse(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
     }
 }

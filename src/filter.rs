@@ -225,7 +225,15 @@ impl RootContext for TetherRoot {
                 return false;
             }
         };
-        let Some(started) = plugin::start(&bytes, &SharedData, &mut SystemEntropy) else {
+        let Some(started) = plugin::start(
+            &bytes,
+            &SharedData,
+            &mut SystemEntropy,
+            plugin::Secrets::Unavailable(
+                "Envoy's secrets reach only the native build (the dynamic module): \
+                 list the keys in keys",
+            ),
+        ) else {
             return false;
         };
         self.plugin = Some(Rc::new(started.plugin));

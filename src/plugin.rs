@@ -1,7 +1,7 @@
 //! The compiled plugin: one policy per route (or the top level's), the headers tether owns on
 //! every route, and the two entry points the adapter calls per request.
 
-use crate::config::{Config, SessionType, STRICT_HEADER};
+use crate::config::{Config, ConfigError, ReadSecret, SessionType, STRICT_HEADER};
 use crate::entropy::Entropy;
 use crate::http::{HeaderOp, Request, Response};
 use crate::policy::{Decision, Policy, PolicyState, ResponseAction};
@@ -43,12 +43,42 @@ pub struct Started {
     pub plugin: Plugin,
 }
 
+/// Where the keys of a policy with `keys_secret` come from.
+pub enum Secrets<'a> {
+    /// Envoy's generic secret of that name, as the adapter reads it (the native build).
+    Envoy(&'a mut ReadSecret<'a>),
+    /// This host cannot read Envoy's secrets: a configuration naming one is refused, why.
+    Unavailable(&'static str),
+    /// Not read here (the `tether` command, which has no Envoy to ask): the keys stay empty.
+    Unread,
+}
+
 /// What both adapters do with the configuration Envoy hands them, once, on the main thread
 /// before any traffic (see `BindingTable::prepare`). `None` when it cannot serve: the reason is
 /// logged as one line and Envoy refuses the configuration. A table that could not be created
 /// is only warned about: its buckets are created again by the first request that needs them.
-pub fn start(bytes: &[u8], store: &dyn Store, entropy: &mut dyn Entropy) -> Option<Started> {
-    let config = match Config::parse(bytes) {
+pub fn start(
+    bytes: &[u8],
+    store: &dyn Store,
+    entropy: &mut dyn Entropy,
+    secrets: Secrets<'_>,
+) -> Option<Started> {
+    let parsed = Config::parse(bytes).and_then(|mut config| {
+        match secrets {
+            Secrets::Envoy(read) => config.resolve_keys(read)?,
+            Secrets::Unavailable(why) => {
+                if let Some(field) = config.keys_secret_field() {
+                    return Err(ConfigError {
+                        field,
+                        problem: why.to_string(),
+                    });
+                }
+            }
+            Secrets::Unread => {}
+        }
+        Ok(config)
+    });
+    let config = match parsed {
         Ok(c) => c,
         Err(e) => {
             error!("tether: invalid plugin configuration: {e}");
@@ -235,11 +265,11 @@ mod tests {
     fn a_started_configuration_has_its_tables_created_and_one_secret_for_the_process() {
         let store = FakeStore::default();
         let json = br#"{"type": "learn", "learn_from": "header", "session_name": "x-id", "max_sessions": 64}"#;
-        let first = start(json, &store, &mut SystemEntropy).map(|s| s.secret);
+        let first = start(json, &store, &mut SystemEntropy, Secrets::Unread).map(|s| s.secret);
         let keys = store.data.borrow().len();
         // 64 sessions are 8 buckets of 8, and one key holds the process secret.
         assert_eq!(keys, 8 + 1);
-        let again = start(json, &store, &mut SystemEntropy).map(|s| s.secret);
+        let again = start(json, &store, &mut SystemEntropy, Secrets::Unread).map(|s| s.secret);
         assert!(first.is_some());
         assert_eq!(
             first, again,
@@ -249,21 +279,37 @@ mod tests {
     }
 
     #[test]
+    fn a_host_without_envoys_secrets_refuses_keys_secret_naming_the_field() {
+        let store = FakeStore::default();
+        let json = br#"{"routes": {"r": {"keys_secret": "k"}}}"#;
+        let why = "Envoy's secrets reach only the native build";
+        assert!(start(json, &store, &mut SystemEntropy, Secrets::Unavailable(why)).is_none());
+        let unread = start(json, &store, &mut SystemEntropy, Secrets::Unread).unwrap();
+        assert!(unread.config.policies().all(|(_, s)| s.keys.is_empty()));
+        let key = crate::encoding::base64url_encode(&[9u8; 32]);
+        let mut read = |_: &crate::config::KeysSecret| Ok(Some(key.clone().into_bytes()));
+        let envoy = start(json, &store, &mut SystemEntropy, Secrets::Envoy(&mut read)).unwrap();
+        let keys: Vec<usize> = envoy.config.policies().map(|(_, s)| s.keys.len()).collect();
+        assert_eq!(keys, [0, 1]);
+    }
+
+    #[test]
     fn a_configuration_that_cannot_serve_is_refused() {
         let store = FakeStore::default();
         assert!(start(
             br#"{"type": "cookie", "max_sessions": "many"}"#,
             &store,
-            &mut SystemEntropy
+            &mut SystemEntropy,
+            Secrets::Unread
         )
         .is_none());
-        assert!(start(b"not json", &store, &mut SystemEntropy).is_none());
+        assert!(start(b"not json", &store, &mut SystemEntropy, Secrets::Unread).is_none());
         struct Dry;
         impl Entropy for Dry {
             fn fill(&mut self, _: &mut [u8]) -> bool {
                 false
             }
         }
-        assert!(start(br#"{"type": "cookie"}"#, &store, &mut Dry).is_none());
+        assert!(start(br#"{"type": "cookie"}"#, &store, &mut Dry, Secrets::Unread).is_none());
     }
 }

@@ -179,11 +179,15 @@ fn insert(v: &mut Value, pointer: &str, value: Value) {
     assert!(previous.is_none(), "{pointer} was there already");
 }
 
+/// The plugin JSON of the first filter, Wasm (`config.configuration`) or native
+/// (`filter_config`).
 fn set_plugin(v: &mut Value, json: &str) {
-    *at(
-        v,
-        &format!("{HCM}/http_filters/0/typed_config/config/configuration/value"),
-    ) = Value::String(json.to_string());
+    let filter = at(v, &format!("{HCM}/http_filters/0/typed_config"));
+    let value = match filter.pointer_mut("/config/configuration/value") {
+        Some(value) => value,
+        None => at(filter, "/filter_config/value"),
+    };
+    *value = Value::String(json.to_string());
 }
 
 const ROUTE: &str = "static_resources.listeners[0] (main).filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0] (app).routes[1] (app).route";
@@ -408,6 +412,24 @@ fn broken() -> Vec<Broken> {
         },
         Broken {
             base: "envoy/native.yaml",
+            what: "the native build's keys from a secret the bootstrap does not hold",
+            change: |v| set_plugin(v, r#"{"keys_secret": "tether-keys"}"#),
+            expect: "static_resources.listeners[0] (main).filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.filter_config: keys_secret names the secret tether-keys, which static_resources.secrets does not hold",
+        },
+        Broken {
+            base: "envoy/native.yaml",
+            what: "the native build's keys by SDS with no node",
+            change: |v| set_plugin(v, r#"{"keys_secret": {"name": "k", "path": "/etc/k.yaml"}}"#),
+            expect: "static_resources.listeners[0] (main).filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.filter_config: keys_secret has the secret k served by SDS, but the bootstrap has no node.id",
+        },
+        Broken {
+            base: "envoy/envoy.yaml",
+            what: "the Wasm build's keys from a secret",
+            change: |v| set_plugin(v, r#"{"routes": {"app": {"keys_secret": "k"}}}"#),
+            expect: "static_resources.listeners[0] (main).filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration: routes.app.keys_secret: Envoy's secrets reach only the native build",
+        },
+        Broken {
+            base: "envoy/native.yaml",
             what: "the native build's filter after the router",
             change: |v| at(v, &format!("{HCM}/http_filters")).as_array_mut().unwrap().swap(0, 1),
             expect: "static_resources.listeners[0] (main).filter_chains[0].filters[0].typed_config.http_filters[1]: tether comes after the router",
@@ -547,6 +569,26 @@ fn a_bootstrap_in_json_names_or_typed_structs_is_read_as_envoy_reads_it() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn the_native_builds_keys_from_a_secret_the_bootstrap_holds_pass() {
+    let mut v = yaml("envoy/native.yaml");
+    set_plugin(&mut v, r#"{"keys_secret": "tether-keys"}"#);
+    insert(
+        &mut v,
+        "/static_resources/secrets",
+        json!([{"name": "tether-keys", "generic_secret": {"secret": {"inline_string": "k"}}}]),
+    );
+    let path = written("secret-static.json", &v);
+    let out = tether(&["check-envoy", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut v = yaml("envoy/native.yaml");
+    set_plugin(&mut v, r#"{"keys_secret": {"name": "k", "ads": true}}"#);
+    insert(&mut v, "/node", json!({"id": "a", "cluster": "b"}));
+    let path = written("secret-sds.json", &v);
+    let out = tether(&["check-envoy", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

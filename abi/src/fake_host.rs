@@ -38,6 +38,10 @@ pub struct Host {
     pub schedulers_deleted: usize,
     /// Lines below this level are not enabled.
     pub log_level: u32,
+    /// Envoy's generic secrets by name: (config source it is served from, value).
+    pub secrets: Vec<(String, Option<String>, Vec<u8>)>,
+    /// Subscriptions made, by id - 1: the secret's name.
+    pub subscribed: Vec<String>,
 }
 
 thread_local! {
@@ -519,4 +523,58 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
     _scheduler: *mut c_void,
 ) {
     with_host(|h| h.schedulers_deleted += 1);
+}
+
+/// Subscribes when the secret exists with that source (an empty source: the bootstrap's).
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_generic_secret_subscribe(
+    _config: *mut c_void,
+    name: ModuleBuffer,
+    config_source: ModuleBuffer,
+) -> u64 {
+    // SAFETY: the module passes its own live bytes.
+    let name = unsafe { bytes(name) }.unwrap_or_default();
+    // SAFETY: as above.
+    let source = unsafe { bytes(config_source) }.unwrap_or_default();
+    let name = String::from_utf8_lossy(&name).into_owned();
+    let source = (!source.is_empty()).then(|| String::from_utf8_lossy(&source).into_owned());
+    with_host(|h| {
+        if !h.secrets.iter().any(|(n, s, _)| *n == name && *s == source) {
+            return 0;
+        }
+        h.subscribed.push(name);
+        h.subscribed.len() as u64
+    })
+}
+
+fn secret_value(id: u64, result: *mut EnvoyBuffer) -> bool {
+    with_host(|h| {
+        let name = usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| h.subscribed.get(i));
+        let value = name.and_then(|n| h.secrets.iter().find(|(s, _, _)| s == n));
+        let found = value.map(|(_, _, v)| envoy_buffer(v));
+        // SAFETY: the module's valid out-pointer.
+        unsafe { *result = found.unwrap_or(EnvoyBuffer::EMPTY) };
+        found.is_some()
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_get_generic_secret(
+    _config: *mut c_void,
+    id: u64,
+    result: *mut EnvoyBuffer,
+) -> bool {
+    secret_value(id, result)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_get_generic_secret(
+    _filter: *mut c_void,
+    id: u64,
+    result: *mut EnvoyBuffer,
+) -> bool {
+    secret_value(id, result)
 }

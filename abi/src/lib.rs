@@ -195,12 +195,52 @@ unsafe fn envoy_bytes<'a>(b: sys::EnvoyBuffer) -> &'a [u8] {
 }
 
 /// Envoy's configuration object, during one of its hooks (`config_new`, a scheduled event).
+/// A configuration's subscription to one of Envoy's generic secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretId(u64);
+
 pub struct ConfigHandle<'a> {
     ptr: sys::ConfigEnvoyPtr,
     _hook: PhantomData<&'a mut ()>,
 }
 
 impl ConfigHandle<'_> {
+    /// Subscribes to Envoy's generic secret `name` (from the bootstrap when `config_source` is
+    /// `None`, else by SDS from that `ConfigSource` JSON); only while the configuration is made.
+    /// `None`: Envoy refused (no such static secret, a bad source; Envoy logs why).
+    pub fn subscribe_secret(
+        &mut self,
+        name: &str,
+        config_source: Option<&str>,
+    ) -> Option<SecretId> {
+        // SAFETY: live configuration, in its `config_new` hook; both buffers are read during
+        // the call only.
+        let id = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_generic_secret_subscribe(
+                self.ptr,
+                sys::ModuleBuffer::of(name.as_bytes()),
+                sys::ModuleBuffer::of(config_source.unwrap_or("").as_bytes()),
+            )
+        };
+        (id != 0).then_some(SecretId(id))
+    }
+
+    /// A subscribed secret's current value; `None` for an id Envoy does not know.
+    pub fn secret(&self, id: SecretId) -> Option<&[u8]> {
+        let mut result = sys::EnvoyBuffer::EMPTY;
+        // SAFETY: live configuration; `result` is a valid out-pointer.
+        let found = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_config_get_generic_secret(
+                self.ptr,
+                id.0,
+                &mut result,
+            )
+        };
+        // SAFETY: the value lives in Envoy's copy of the secret on this thread, valid for
+        // this hook.
+        found.then(|| unsafe { envoy_bytes(result) })
+    }
+
     /// A counter named `name` (no labels).
     pub fn define_counter(&mut self, name: &str) -> Option<MetricId> {
         self.define_counter_with_labels(name, &[])
@@ -535,6 +575,22 @@ impl EnvoyFilter<'_> {
             )
         };
         // SAFETY: attribute bytes live in Envoy's stream info, valid for this hook.
+        found.then(|| unsafe { envoy_bytes(result) })
+    }
+
+    /// A secret the configuration subscribed to, as it is now on this worker (rotations by
+    /// SDS reach each worker in turn); `None` for an id Envoy does not know.
+    pub fn secret(&self, id: SecretId) -> Option<&[u8]> {
+        let mut result = sys::EnvoyBuffer::EMPTY;
+        // SAFETY: live filter; `result` is a valid out-pointer.
+        let found = unsafe {
+            sys::envoy_dynamic_module_callback_http_filter_get_generic_secret(
+                self.ptr,
+                id.0,
+                &mut result,
+            )
+        };
+        // SAFETY: the value lives in this worker's copy of the secret, valid for this hook.
         found.then(|| unsafe { envoy_bytes(result) })
     }
 

@@ -256,4 +256,27 @@ extern "C" {
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
         scheduler: SchedulerPtr,
     );
+
+    /// Subscribes the configuration to Envoy's generic secret `name`: from the bootstrap's
+    /// `static_resources.secrets` when `config_source` is empty, else by SDS from that
+    /// `ConfigSource` (JSON). Only while `envoy_dynamic_module_on_http_filter_config_new` runs.
+    /// Returns the subscription's id, 0 when Envoy refused it.
+    pub fn envoy_dynamic_module_callback_http_filter_config_generic_secret_subscribe(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        config_source: ModuleBuffer,
+    ) -> u64;
+    /// The secret's current value on this thread (empty while SDS has not delivered it);
+    /// false for an unknown id. The bytes are valid for this hook.
+    pub fn envoy_dynamic_module_callback_http_filter_config_get_generic_secret(
+        config: ConfigEnvoyPtr,
+        id: u64,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    /// The same from a stream's filter, on its worker: the value as rotated there.
+    pub fn envoy_dynamic_module_callback_http_filter_get_generic_secret(
+        filter: FilterEnvoyPtr,
+        id: u64,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
 }

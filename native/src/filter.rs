@@ -12,7 +12,7 @@ use crate::endpoints::FilterSink;
 use crate::metrics::{hand_tally, unreported_panics, Pending, REPORTED_PANICS};
 use crate::store;
 use crate::TetherConfig;
-use log::debug;
+use log::{debug, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,23 +42,96 @@ thread_local! {
 /// Numbers the streams of this process for the decision lines (`tether[N]: ...`).
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
-/// A configuration's id, this worker's plugin for it, and the worker's pending figures.
-type WorkerPlugin = (u64, Rc<Plugin>, Arc<Mutex<Pending>>);
+/// A configuration's id, this worker's plugin for it, the worker's pending figures, and the
+/// values of the configuration's secrets its plugin was made from.
+struct WorkerPlugin {
+    config: u64,
+    plugin: Rc<Plugin>,
+    pending: Arc<Mutex<Pending>>,
+    secrets: Vec<Vec<u8>>,
+}
 
-/// This worker's plugin for `config`, and its pending figures.
-fn worker_plugin(config: &TetherConfig) -> (Rc<Plugin>, Arc<Mutex<Pending>>) {
+/// This worker's plugin for `config`, and its pending figures. With `keys_secret`, the
+/// secrets are read for every stream (one call each, nothing copied while they are as
+/// before): a value SDS rotated makes a new plugin with the new keys, on this worker, before
+/// this stream; a value that holds no usable keys keeps the plugin in use (logged once), and
+/// with none made yet the stream goes on without tether (`None`).
+fn worker_plugin(
+    config: &TetherConfig,
+    envoy: &EnvoyFilter<'_>,
+) -> Option<(Rc<Plugin>, Arc<Mutex<Pending>>)> {
     PLUGINS.with(|plugins| {
         let mut plugins = plugins.borrow_mut();
-        if let Some((_, p, m)) = plugins.iter().find(|(id, _, _)| *id == config.id) {
-            return (p.clone(), m.clone());
+        let index = plugins.iter().position(|p| p.config == config.id);
+        let current = |seen: &[Vec<u8>]| {
+            config.secrets.len() == seen.len()
+                && config
+                    .secrets
+                    .iter()
+                    .zip(seen)
+                    .all(|((_, id), seen)| envoy.secret(*id).unwrap_or_default() == &seen[..])
+        };
+        if let Some(p) = index.and_then(|i| plugins.get(i)) {
+            if config.secrets.is_empty() || current(&p.secrets) {
+                return Some((p.plugin.clone(), p.pending.clone()));
+            }
         }
-        let plugin = Rc::new(Plugin::new(&config.config, &config.secret));
-        let pending = config.flusher.worker();
-        if plugins.len() >= PLUGINS_PER_WORKER {
+        let values: Vec<Vec<u8>> = config
+            .secrets
+            .iter()
+            .map(|(_, id)| envoy.secret(*id).unwrap_or_default().to_vec())
+            .collect();
+        let compiled = if config.secrets.is_empty() {
+            Ok(config.config.clone())
+        } else {
+            let mut compiled = config.config.clone();
+            compiled
+                .resolve_keys(&mut |secret| {
+                    let value = config
+                        .secrets
+                        .iter()
+                        .position(|(s, _)| s == secret)
+                        .and_then(|i| values.get(i))
+                        .filter(|v| !v.is_empty());
+                    Ok(Some(value.cloned().ok_or_else(|| {
+                        format!("Envoy has no value for the secret \"{}\" yet", secret.name)
+                    })?))
+                })
+                .map(|()| compiled)
+        };
+        let kept = index.and_then(|i| plugins.get_mut(i));
+        let compiled = match (compiled, kept) {
+            (Ok(compiled), _) => compiled,
+            (Err(e), Some(kept)) => {
+                // Logged once per value: the plugin in use is marked as made from it.
+                warn!("tether: {e}: the keys in use are kept");
+                kept.secrets = values;
+                return Some((kept.plugin.clone(), kept.pending.clone()));
+            }
+            (Err(e), None) => {
+                if !config.secrets_missed.swap(true, Ordering::Relaxed) {
+                    warn!("tether: {e}: streams go on without tether until it has");
+                }
+                return None;
+            }
+        };
+        let plugin = Rc::new(Plugin::new(&compiled, &config.secret));
+        let pending = match index.and_then(|i| plugins.get(i)) {
+            Some(p) => p.pending.clone(),
+            None => config.flusher.worker(),
+        };
+        if let Some(i) = index {
+            plugins.remove(i);
+        } else if plugins.len() >= PLUGINS_PER_WORKER {
             plugins.remove(0);
         }
-        plugins.push((config.id, plugin.clone(), pending.clone()));
-        (plugin, pending)
+        plugins.push(WorkerPlugin {
+            config: config.id,
+            plugin: plugin.clone(),
+            pending: pending.clone(),
+            secrets: values,
+        });
+        Some((plugin, pending))
     })
 }
 
@@ -110,9 +183,9 @@ pub(crate) struct TetherFilter {
 }
 
 impl TetherFilter {
-    pub(crate) fn new(config: Arc<TetherConfig>) -> TetherFilter {
-        let (plugin, pending) = worker_plugin(&config);
-        TetherFilter {
+    pub(crate) fn new(config: Arc<TetherConfig>, envoy: &EnvoyFilter<'_>) -> Option<TetherFilter> {
+        let (plugin, pending) = worker_plugin(&config, envoy)?;
+        Some(TetherFilter {
             plugin,
             pending,
             config,
@@ -121,7 +194,7 @@ impl TetherFilter {
             now_ms: 0,
             local_reply: None,
             tally: Tally::default(),
-        }
+        })
     }
 
     /// Adds the stream's changes (its tally, and a response's per-endpoint changes) to the
@@ -715,6 +788,115 @@ mod tests {
             &[(":method", "GET"), (":path", "/"), ("cookie", token)],
         );
         with_host(|h| assert_eq!(h.override_host, Some(("127.0.0.1:8081".to_string(), true))));
+    }
+
+    /// The cookie a new session gets, opened with `keys` (None: it does not open).
+    fn opened_with(config: &dyn tether_abi::FilterConfig, keys: &[[u8; 32]]) -> Option<String> {
+        let mut filter = config.new_filter(&mut fake_host::filter())?;
+        let response = stream(filter.as_mut(), &[(":method", "GET"), (":path", "/")]);
+        let (_, cookie) = response.iter().find(|(k, _)| k == b"set-cookie")?;
+        let cookie = String::from_utf8_lossy(cookie).into_owned();
+        let token = cookie
+            .split(';')
+            .next()?
+            .strip_prefix("tether=")?
+            .to_string();
+        let sealer = tether::seal::Sealer::new(keys, tether::seal::Carrier::Cookie, "tether");
+        sealer
+            .open(token.as_bytes(), b"")
+            .map(|pin| pin.endpoint.to_string())
+    }
+
+    #[test]
+    fn keys_come_from_envoys_secret_and_follow_its_rotation_on_each_worker() {
+        fake_host::reset();
+        tether_abi::program_init(new_config);
+        let b64 = |k: &[u8; 32]| tether::encoding::base64url_encode(k);
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let source = r#"{"path_config_source":{"path":"/etc/sds.yaml"}}"#;
+        with_host(|h| h.secrets = vec![("keys".into(), Some(source.into()), Vec::new())]);
+        let config = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"keys_secret": {"name": "keys", "path": "/etc/sds.yaml"}}"#,
+        )
+        .expect("SDS delivers after the configuration is made");
+        // Nothing delivered yet: streams go on without tether, logged once.
+        assert!(config.new_filter(&mut fake_host::filter()).is_none());
+        assert!(config.new_filter(&mut fake_host::filter()).is_none());
+        let missed = |h: &fake_host::Host| {
+            h.logs
+                .iter()
+                .filter(|(_, m)| m.contains("has no value for the secret"))
+                .count()
+        };
+        assert_eq!(with_host(|h| missed(h)), 1);
+
+        with_host(|h| h.secrets[0].2 = b64(&k1).into_bytes());
+        assert_eq!(
+            opened_with(config.as_ref(), &[k1]).as_deref(),
+            Some("127.0.0.1:8081")
+        );
+        // Rotated by SDS: the next stream seals with the new first key.
+        with_host(|h| h.secrets[0].2 = format!("{}, {}", b64(&k2), b64(&k1)).into_bytes());
+        assert_eq!(
+            opened_with(config.as_ref(), &[k2]).as_deref(),
+            Some("127.0.0.1:8081")
+        );
+        assert_eq!(opened_with(config.as_ref(), &[k1]), None);
+        // A value with no usable key keeps the keys in use.
+        with_host(|h| h.secrets[0].2 = b"not a key".to_vec());
+        assert_eq!(
+            opened_with(config.as_ref(), &[k2]).as_deref(),
+            Some("127.0.0.1:8081")
+        );
+        assert!(with_host(|h| h
+            .logs
+            .iter()
+            .any(|(_, m)| m.contains("the keys in use are kept"))));
+    }
+
+    #[test]
+    fn a_static_secret_is_read_when_the_configuration_is_made() {
+        fake_host::reset();
+        tether_abi::program_init(new_config);
+        let k = [5u8; 32];
+        with_host(|h| {
+            h.secrets = vec![(
+                "static".into(),
+                None,
+                tether::encoding::base64url_encode(&k).into_bytes(),
+            )]
+        });
+        let config = new_config(
+            &mut fake_host::config(),
+            b"tether",
+            br#"{"keys_secret": "static"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            opened_with(config.as_ref(), &[k]).as_deref(),
+            Some("127.0.0.1:8081")
+        );
+        for (json, line) in [
+            (
+                r#"{"keys_secret": "absent"}"#,
+                "keys_secret: Envoy has no generic secret \"absent\" in static_resources.secrets",
+            ),
+            (
+                r#"{"routes": {"r": {"keys_secret": {"name": "static", "ads": true}}}}"#,
+                "routes.r.keys_secret: Envoy refused to subscribe to the secret \"static\"",
+            ),
+        ] {
+            with_host(|h| h.logs.clear());
+            assert!(new_config(&mut fake_host::config(), b"tether", json.as_bytes()).is_none());
+            let logs = with_host(|h| h.logs.clone());
+            assert!(
+                logs.iter().any(|(_, m)| m
+                    .starts_with(&format!("tether: invalid plugin configuration: {line}"))),
+                "{json}: {logs:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,14 +14,14 @@ mod metrics;
 pub mod store;
 
 use log::warn;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tether::config::Config;
+use tether::config::{Config, KeysSecret};
 use tether::entropy::SystemEntropy;
 use tether::metrics::{Kind, Metric};
 use tether::plugin;
 use tether::secret::Key;
-use tether_abi::{ConfigHandle, EnvoyFilter, Filter, FilterConfig, MetricId};
+use tether_abi::{ConfigHandle, EnvoyFilter, Filter, FilterConfig, MetricId, SecretId};
 
 // Exporting Envoy's entry point is an unsafe attribute (`#[no_mangle]`): the adapter's only one.
 #[allow(unsafe_code)]
@@ -74,6 +74,10 @@ pub(crate) struct TetherConfig {
     /// Tells this configuration's per-worker plugins from those of earlier ones.
     pub(crate) id: u64,
     pub(crate) config: Config,
+    /// The Envoy secrets the policies' keys come from (`keys_secret`), as subscribed.
+    pub(crate) secrets: Vec<(KeysSecret, SecretId)>,
+    /// A stream went on without tether for want of a secret's value (logged once).
+    pub(crate) secrets_missed: AtomicBool,
     pub(crate) secret: Key,
     pub(crate) metrics: MetricIds,
     pub(crate) endpoint_metrics: endpoints::EndpointIds,
@@ -87,11 +91,51 @@ fn new_config(
     _name: &[u8],
     bytes: &[u8],
 ) -> Option<Box<dyn FilterConfig>> {
-    let started = plugin::start(bytes, store::global(), &mut SystemEntropy)?;
+    // `keys_secret`: each secret is subscribed to once, while Envoy makes the configuration
+    // (the only time the ABI allows it), and read as it is now; each worker reads it again
+    // for every stream, so a rotation by SDS reaches its sessions (`filter::worker_plugin`).
+    let mut secrets: Vec<(KeysSecret, SecretId)> = Vec::new();
+    let mut read = |secret: &KeysSecret| -> Result<Option<Vec<u8>>, String> {
+        let known = secrets.iter().find(|(s, _)| s == secret).map(|(_, id)| *id);
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let id = handle
+                    .subscribe_secret(&secret.name, secret.config_source.as_deref())
+                    .ok_or_else(|| match secret.config_source {
+                        None => format!(
+                            "Envoy has no generic secret \"{}\" in static_resources.secrets",
+                            secret.name
+                        ),
+                        Some(_) => format!(
+                            "Envoy refused to subscribe to the secret \"{}\" from its \
+                             config_source (Envoy's log says why)",
+                            secret.name
+                        ),
+                    })?;
+                secrets.push((secret.clone(), id));
+                id
+            }
+        };
+        let value = handle.secret(id).unwrap_or_default();
+        match (value.is_empty(), &secret.config_source) {
+            // SDS delivers after the configuration is made (before the listener serves).
+            (true, Some(_)) => Ok(None),
+            _ => Ok(Some(value.to_vec())),
+        }
+    };
+    let started = plugin::start(
+        bytes,
+        store::global(),
+        &mut SystemEntropy,
+        plugin::Secrets::Envoy(&mut read),
+    )?;
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     Some(Box::new(SharedConfig(Arc::new(TetherConfig {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         config: started.config,
+        secrets,
+        secrets_missed: AtomicBool::new(false),
         secret: started.secret,
         metrics: MetricIds::define(handle),
         endpoint_metrics: endpoints::EndpointIds::define(handle),
@@ -103,8 +147,9 @@ fn new_config(
 struct SharedConfig(Arc<TetherConfig>);
 
 impl FilterConfig for SharedConfig {
-    fn new_filter(&self, _envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>> {
-        Some(Box::new(filter::TetherFilter::new(self.0.clone())))
+    fn new_filter(&self, envoy: &mut EnvoyFilter<'_>) -> Option<Box<dyn Filter>> {
+        let filter = filter::TetherFilter::new(self.0.clone(), envoy)?;
+        Some(Box::new(filter))
     }
 
     /// The flush the ticking thread scheduled.

@@ -12,7 +12,7 @@ from harness import SHIPPED, Stack
 # Modules about one artifact, or none, run in the Wasm pass only (test_native.py, which starts
 # envoy/native.yaml itself, runs there too).
 BUILD_INDEPENDENT = {"test_manifests.py", "test_shipped_files.py", "test_mcp_programs.py",
-                     "test_check_envoy.py"}
+                     "test_check_envoy.py", "test_native_secrets.py"}
 WASM_ONLY = {"test_module_exports.py", "test_demo.py", "test_stats_tags.py"}
 
 

@@ -131,7 +131,12 @@ fn found_at(label: String, value: Option<&Value>) -> Result<Found, String> {
 pub fn check(json: &[u8]) -> Result<Config, Vec<String>> {
     install_logger();
     CAPTURED.with(|c| c.borrow_mut().clear());
-    let started = plugin::start(json, &SecretOnly::default(), &mut SystemEntropy);
+    let started = plugin::start(
+        json,
+        &SecretOnly::default(),
+        &mut SystemEntropy,
+        plugin::Secrets::Unread,
+    );
     let lines = CAPTURED.with(|c| std::mem::take(&mut *c.borrow_mut()));
     match started {
         Some(started) => Ok(started.config),
@@ -263,10 +268,14 @@ fn policy(s: &Settings) -> String {
         ),
         None => "rebalance".to_string(),
     });
-    parts.push(match s.keys.len() {
-        0 => "a random secret per Envoy process (no keys)".to_string(),
-        1 => "1 key".to_string(),
-        n => format!("{n} keys"),
+    parts.push(match (&s.keys_secret, s.keys.len()) {
+        (Some(secret), _) => match &secret.config_source {
+            None => format!("the keys of Envoy's secret \"{}\"", secret.name),
+            Some(_) => format!("the keys of Envoy's secret \"{}\" (by SDS)", secret.name),
+        },
+        (None, 0) => "a random secret per Envoy process (no keys)".to_string(),
+        (None, 1) => "1 key".to_string(),
+        (None, n) => format!("{n} keys"),
     });
     parts.join(", ")
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
-use tether::config::{Config, SessionType, Settings, STRICT_HEADER};
+use tether::config::{Config, KeysSecret, SessionType, Settings, STRICT_HEADER};
 
 /// Something missing or inconsistent: where in the bootstrap, what, and what to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct Report {
     pub listeners: usize,
     pub routes: usize,
     pub clusters: usize,
+    /// The Envoy secrets the native build's `keys_secret` names, with the filter's path.
+    secrets: Vec<(String, KeysSecret)>,
 }
 
 impl Report {
@@ -156,6 +158,7 @@ pub fn check(bootstrap: &Value) -> Report {
         );
     }
     check_vm_ids(&vm_ids, &mut report);
+    check_secrets(bootstrap, &mut report);
     let clusters: Vec<(usize, &Value)> = items(resources, "clusters").collect();
     for (name, need) in &needs {
         match clusters
@@ -226,6 +229,29 @@ fn check_hcm(
                     line.clone(),
                     "fix the plugin configuration (tether check-config shows the same line)",
                 );
+            }
+        }
+    }
+    for t in &tethers {
+        let Ok(config) = &t.config else {
+            continue;
+        };
+        match (t.build, config.keys_secret_field()) {
+            (Build::Wasm, Some(field)) => report.find(
+                &config_path(t),
+                format!(
+                    "{field}: Envoy's secrets reach only the native build: the Wasm module \
+                     refuses the configuration"
+                ),
+                "list the keys in keys, or load the native build (envoy/native.yaml)",
+            ),
+            (Build::Wasm, None) => {}
+            (Build::Native, _) => {
+                for (_, settings) in config.policies() {
+                    if let Some(secret) = &settings.keys_secret {
+                        report.secrets.push((config_path(t), secret.clone()));
+                    }
+                }
             }
         }
     }
@@ -577,6 +603,55 @@ fn check_retries(apath: &str, action: &Value, vhost: &Value, vpath: &str, report
              endpoint",
             "remove per_try_timeout",
         );
+    }
+}
+
+/// `keys_secret`: a static secret must be in the bootstrap as a generic secret; one served by
+/// SDS needs the bootstrap's `node.id` and `node.cluster`, or Envoy refuses the subscription.
+fn check_secrets(bootstrap: &Value, report: &mut Report) {
+    let secrets: Vec<(String, KeysSecret)> = std::mem::take(&mut report.secrets);
+    for (path, secret) in &secrets {
+        match &secret.config_source {
+            None => {
+                let held = items(bootstrap.get("static_resources"), "secrets").any(|(_, s)| {
+                    str_at(s, "name") == Some(secret.name.as_str())
+                        && s.get("generic_secret").is_some()
+                });
+                if !held {
+                    report.find(
+                        path,
+                        format!(
+                            "keys_secret names the secret {}, which static_resources.secrets \
+                             does not hold as a generic_secret: Envoy refuses the configuration",
+                            secret.name
+                        ),
+                        format!(
+                            "add static_resources.secrets: [{{name: {}, generic_secret: \
+                             {{secret: {{inline_string: <keys>}}}}}}]",
+                            secret.name
+                        ),
+                    );
+                }
+            }
+            Some(_) => {
+                let node = bootstrap.get("node");
+                let named = |field| {
+                    node.and_then(|n| str_at(n, field))
+                        .is_some_and(|v| !v.is_empty())
+                };
+                if !named("id") || !named("cluster") {
+                    report.find(
+                        path,
+                        format!(
+                            "keys_secret has the secret {} served by SDS, but the bootstrap has \
+                             no node.id and node.cluster: Envoy refuses the subscription",
+                            secret.name
+                        ),
+                        "add node: {id: <name>, cluster: <name>}",
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,208 @@
+"""`keys_secret` (native build): the keys come from one of Envoy's generic secrets.
+
+With a secret in the bootstrap (`static_resources.secrets`), tokens are sealed with its first
+key: `tether open --keys <that key>` opens them, another key does not, and a second Envoy with
+the same secret pins the first one's sessions. With the secret served by SDS from a file
+(`path_config_source`), the file is rotated while Envoy runs, with no reload: `K1` becomes
+`K2,K1` (old sessions stay pinned, new tokens are sealed with K2), then `K2` (tokens sealed only
+with K1 are no session). A secret Envoy does not have is refused naming the field; the Wasm
+build refuses the field, since proxy-wasm gives a module no access to Envoy's secrets.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import harness
+from harness import Backend, Client, Envoy
+from test_native import LOG_ARGS, NATIVE_DIR, NATIVE_SO, native_config
+
+CLI = harness.REPO / "target" / "release" / "tether"
+SECRET = "tether-keys"
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def search_path():
+    for part in (NATIVE_SO, CLI):
+        if not part.exists():
+            pytest.fail(f"{part} does not exist: run `make build build-native`")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", str(NATIVE_DIR))
+        yield
+
+
+def opens(token: str, key: str) -> bool:
+    proc = subprocess.run([str(CLI), "open", "--keys", key, f"tether={token}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, timeout=30)
+    return proc.returncode == 0
+
+
+def static_config(ports: list[int], key: str) -> dict:
+    cfg = native_config(harness.free_port(), harness.free_port(), ports, {"keys_secret": SECRET})
+    cfg["static_resources"]["secrets"] = [
+        {"name": SECRET, "generic_secret": {"secret": {"inline_string": key}}}]
+    return cfg
+
+
+def write_sds(path: Path, keys: list[str]):
+    """The SDS file, replaced whole (Envoy watches it and reads a moved-in file)."""
+    doc = {"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": SECRET, "generic_secret": {"secret": {"inline_string": ",".join(keys)}}}]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def running(workdir: Path, make_config):
+    """Three backends and one Envoy with the config `make_config(ports)` gives; all stopped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    backends = {f"backend-{i}": Backend(f"backend-{i}", workdir) for i in (1, 2, 3)}
+    envoy = None
+    try:
+        for b in backends.values():
+            b.start()
+        ports = [b.port for b in backends.values()]
+        envoy = Envoy(workdir, ports, log_args=LOG_ARGS, config=make_config(ports))
+        harness.ACTIVE_ENVOYS.append(envoy)
+        envoy.start()
+        yield envoy
+        assert envoy.alive(), "envoy died"
+        assert envoy.bad_log_lines() == []
+    finally:
+        if envoy is not None:
+            envoy.stop()
+            if envoy in harness.ACTIVE_ENVOYS:
+                harness.ACTIVE_ENVOYS.remove(envoy)
+        for b in backends.values():
+            b.stop()
+
+
+def new_session(port: int) -> tuple[str, str]:
+    """(token, backend) of a fresh client's first request."""
+    client = Client(port, fresh=True)
+    try:
+        r = client.request("/", cookie=None)
+        cookie = r.set_cookie(harness.COOKIE)
+        assert cookie is not None, r.headers
+        return cookie.value, r.backend
+    finally:
+        client.close()
+
+
+def served(port: int, token: str) -> tuple[str, bool]:
+    """(backend, whether tether issued a new token) for one request carrying `token`."""
+    client = Client(port, fresh=True)
+    try:
+        r = client.request("/", cookie=f"{harness.COOKIE}={token}")
+        return r.backend, r.set_cookie(harness.COOKIE) is not None
+    finally:
+        client.close()
+
+
+def test_a_static_secret_seals_and_every_envoy_with_it_opens(tmp_path):
+    key, other = new_key(), new_key()
+    with running(tmp_path / "a", lambda ports: static_config(ports, key)) as a:
+        token, backend = new_session(a.port)
+        assert opens(token, key)
+        assert not opens(token, other)
+        for _ in range(5):
+            assert served(a.port, token) == (backend, False)
+        # A second Envoy with the same secret, in front of the same backends: the session
+        # reaches its endpoint there too, with no new token.
+        (tmp_path / "b").mkdir()
+        b = Envoy(tmp_path / "b", a.backend_ports, log_args=LOG_ARGS,
+                  config=static_config(a.backend_ports, key))
+        harness.ACTIVE_ENVOYS.append(b)
+        try:
+            b.start()
+            for _ in range(5):
+                assert served(b.port, token) == (backend, False)
+            assert b.bad_log_lines() == []
+        finally:
+            b.stop()
+            harness.ACTIVE_ENVOYS.remove(b)
+        # And an Envoy whose secret holds another key treats it as no session.
+        (tmp_path / "c").mkdir()
+        c = Envoy(tmp_path / "c", a.backend_ports, log_args=LOG_ARGS,
+                  config=static_config(a.backend_ports, other))
+        harness.ACTIVE_ENVOYS.append(c)
+        try:
+            c.start()
+            assert served(c.port, token)[1], "a token sealed with another key opened"
+        finally:
+            c.stop()
+            harness.ACTIVE_ENVOYS.remove(c)
+
+
+def test_a_secret_rotated_by_sds_reaches_the_sessions_without_a_reload(tmp_path):
+    k1, k2 = new_key(), new_key()
+    sds = tmp_path / "sds.yaml"
+    write_sds(sds, [k1])
+
+    def config(ports):
+        cfg = native_config(harness.free_port(), harness.free_port(), ports, {"keys_secret": {
+            "name": SECRET, "path": str(sds)}})
+        cfg["node"] = {"id": "tether-test", "cluster": "tether-test"}
+        return cfg
+
+    with running(tmp_path / "envoy", config) as envoy:
+        old, old_backend = new_session(envoy.port)
+        assert opens(old, k1)
+
+        write_sds(sds, [k2, k1])
+        deadline = time.monotonic() + 15
+        while True:
+            token, _ = new_session(envoy.port)
+            if opens(token, k2):
+                break
+            assert time.monotonic() < deadline, "new tokens still sealed with K1"
+            time.sleep(0.2)
+        assert not opens(token, k1)
+        # Every worker has the new keys by now or soon: K1 still opens, the session stays.
+        for _ in range(8):
+            assert served(envoy.port, old) == (old_backend, False)
+
+        write_sds(sds, [k2])
+        deadline = time.monotonic() + 15
+        while not served(envoy.port, old)[1]:
+            assert time.monotonic() < deadline, "a token sealed only with K1 still opens"
+            time.sleep(0.2)
+        assert served(envoy.port, token)[1] is False, "a K2 token must still open"
+
+
+def test_a_secret_envoy_does_not_have_is_refused_naming_the_field(tmp_path):
+    cfg = native_config(harness.free_port(), harness.free_port(), [harness.free_port()],
+                        {"routes": {"app": {"keys_secret": "absent"}}})
+    path = harness.write_config(cfg, tmp_path / "absent.yaml")
+    proc = subprocess.run(
+        [harness.envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+         "--base-id", str(harness.unique_base_id()), *LOG_ARGS],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        timeout=90, cwd=str(tmp_path))
+    out = proc.stdout.decode("utf-8", "replace")
+    assert proc.returncode != 0, out
+    lines = [l for l in out.splitlines() if "tether: invalid plugin configuration" in l]
+    assert len(lines) == 1, out
+    assert 'routes.app.keys_secret: Envoy has no generic secret "absent"' in lines[0], lines[0]
+
+
+def test_the_wasm_build_refuses_keys_secret_naming_the_field(tmp_path):
+    code, out = harness.validate_plugin_config({"keys_secret": SECRET}, tmp_path)
+    assert code != 0, out
+    lines = [l for l in out.splitlines() if "tether: invalid plugin configuration" in l]
+    assert len(lines) == 1, out
+    assert "keys_secret: Envoy's secrets reach only the native build" in lines[0], lines[0]
