@@ -241,32 +241,36 @@ def test_decisions_are_logged(native):
     assert re.search(r"tether\[\d+\]: decision=", log), "no decision line at debug level"
 
 
-def test_a_bad_config_is_refused_naming_the_field(tmp_path):
+def validate_native(plugin_config, workdir: Path) -> tuple[int, str]:
+    """`envoy --mode validate` of envoy/native.yaml with this plugin JSON: (exit code, output)."""
     cfg = native_config(harness.free_port(), harness.free_port(), [harness.free_port()],
-                        {"type": "cookie", "cookie": {"same_site": "sideways"}})
-    path = harness.write_config(cfg, tmp_path / "bad.yaml")
+                        plugin_config)
+    path = harness.write_config(cfg, workdir / "native.yaml")
     proc = subprocess.run(
         [harness.envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
          "--base-id", str(harness.unique_base_id()), *LOG_ARGS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        timeout=90, cwd=str(tmp_path))
-    out = proc.stdout.decode("utf-8", "replace")
-    assert proc.returncode != 0, out
+        timeout=90, cwd=str(workdir))
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def refusal(code: int, out: str) -> str:
+    """The one line a refused configuration logged."""
+    assert code != 0, out
     lines = [l for l in out.splitlines() if "tether: invalid plugin configuration" in l]
     assert len(lines) == 1, out
-    assert "cookie.same_site" in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_bad_config_is_refused_naming_the_field(tmp_path):
+    line = refusal(*validate_native({"type": "cookie", "cookie": {"same_site": "sideways"}},
+                                    tmp_path))
+    assert "cookie.same_site" in line, line
 
 
 def test_the_shipped_file_validates(tmp_path):
-    cfg = native_config(harness.free_port(), harness.free_port(), [harness.free_port()])
-    path = harness.write_config(cfg, tmp_path / "native.yaml")
-    proc = subprocess.run(
-        [harness.envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
-         "--base-id", str(harness.unique_base_id()), *LOG_ARGS],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        timeout=90, cwd=str(tmp_path))
-    out = proc.stdout.decode("utf-8", "replace")
-    assert proc.returncode == 0, out
+    code, out = validate_native(None, tmp_path)
+    assert code == 0, out
     assert MATCHED in out
 
 

@@ -22,7 +22,7 @@ import yaml
 
 import harness
 from harness import Backend, Client, Envoy
-from test_native import LOG_ARGS, NATIVE_DIR, NATIVE_SO, native_config
+from test_native import LOG_ARGS, NATIVE_DIR, NATIVE_SO, native_config, refusal, validate_native
 
 CLI = harness.REPO / "target" / "release" / "tether"
 SECRET = "tether-keys"
@@ -91,6 +91,22 @@ def running(workdir: Path, make_config):
             b.stop()
 
 
+@contextlib.contextmanager
+def beside(first: Envoy, workdir: Path, key: str):
+    """Another Envoy in front of `first`'s backends, its static secret holding `key`."""
+    workdir.mkdir(parents=True)
+    envoy = Envoy(workdir, first.backend_ports, log_args=LOG_ARGS,
+                  config=static_config(first.backend_ports, key))
+    harness.ACTIVE_ENVOYS.append(envoy)
+    try:
+        envoy.start()
+        yield envoy
+        assert envoy.bad_log_lines() == []
+    finally:
+        envoy.stop()
+        harness.ACTIVE_ENVOYS.remove(envoy)
+
+
 def new_session(port: int) -> tuple[str, str]:
     """(token, backend) of a fresh client's first request."""
     client = Client(port, fresh=True)
@@ -123,29 +139,12 @@ def test_a_static_secret_seals_and_every_envoy_with_it_opens(tmp_path):
             assert served(a.port, token) == (backend, False)
         # A second Envoy with the same secret, in front of the same backends: the session
         # reaches its endpoint there too, with no new token.
-        (tmp_path / "b").mkdir()
-        b = Envoy(tmp_path / "b", a.backend_ports, log_args=LOG_ARGS,
-                  config=static_config(a.backend_ports, key))
-        harness.ACTIVE_ENVOYS.append(b)
-        try:
-            b.start()
+        with beside(a, tmp_path / "b", key) as b:
             for _ in range(5):
                 assert served(b.port, token) == (backend, False)
-            assert b.bad_log_lines() == []
-        finally:
-            b.stop()
-            harness.ACTIVE_ENVOYS.remove(b)
         # And an Envoy whose secret holds another key treats it as no session.
-        (tmp_path / "c").mkdir()
-        c = Envoy(tmp_path / "c", a.backend_ports, log_args=LOG_ARGS,
-                  config=static_config(a.backend_ports, other))
-        harness.ACTIVE_ENVOYS.append(c)
-        try:
-            c.start()
+        with beside(a, tmp_path / "c", other) as c:
             assert served(c.port, token)[1], "a token sealed with another key opened"
-        finally:
-            c.stop()
-            harness.ACTIVE_ENVOYS.remove(c)
 
 
 def test_a_secret_rotated_by_sds_reaches_the_sessions_without_a_reload(tmp_path):
@@ -185,24 +184,10 @@ def test_a_secret_rotated_by_sds_reaches_the_sessions_without_a_reload(tmp_path)
 
 
 def test_a_secret_envoy_does_not_have_is_refused_naming_the_field(tmp_path):
-    cfg = native_config(harness.free_port(), harness.free_port(), [harness.free_port()],
-                        {"routes": {"app": {"keys_secret": "absent"}}})
-    path = harness.write_config(cfg, tmp_path / "absent.yaml")
-    proc = subprocess.run(
-        [harness.envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
-         "--base-id", str(harness.unique_base_id()), *LOG_ARGS],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        timeout=90, cwd=str(tmp_path))
-    out = proc.stdout.decode("utf-8", "replace")
-    assert proc.returncode != 0, out
-    lines = [l for l in out.splitlines() if "tether: invalid plugin configuration" in l]
-    assert len(lines) == 1, out
-    assert 'routes.app.keys_secret: Envoy has no generic secret "absent"' in lines[0], lines[0]
+    line = refusal(*validate_native({"routes": {"app": {"keys_secret": "absent"}}}, tmp_path))
+    assert 'routes.app.keys_secret: Envoy has no generic secret "absent"' in line, line
 
 
 def test_the_wasm_build_refuses_keys_secret_naming_the_field(tmp_path):
-    code, out = harness.validate_plugin_config({"keys_secret": SECRET}, tmp_path)
-    assert code != 0, out
-    lines = [l for l in out.splitlines() if "tether: invalid plugin configuration" in l]
-    assert len(lines) == 1, out
-    assert "keys_secret: Envoy's secrets reach only the native build" in lines[0], lines[0]
+    line = refusal(*harness.validate_plugin_config({"keys_secret": SECRET}, tmp_path))
+    assert "keys_secret: Envoy's secrets reach only the native build" in line, line
