@@ -62,18 +62,20 @@ def search_path():
 
 
 @contextlib.contextmanager
-def native_stack(workdir: Path, plugin_config=None):
-    """Three backends and one Envoy running envoy/native.yaml: (envoy, backends by name); all
-    stopped, always; Envoy must have stayed up with no panic or critical line."""
+def native_stack(workdir: Path, plugin_config=None, make_config=None):
+    """Three backends and one Envoy running envoy/native.yaml (or the config
+    `make_config(backend ports)` gives): (envoy, backends by name); all stopped, always; Envoy
+    must have stayed up with no panic or critical line."""
+    workdir.mkdir(parents=True, exist_ok=True)
     backends = {f"backend-{i}": Backend(f"backend-{i}", workdir) for i in (1, 2, 3)}
     envoy = None
     try:
         for b in backends.values():
             b.start()
         ports = [b.port for b in backends.values()]
-        envoy = Envoy(workdir, ports, log_args=LOG_ARGS,
-                      config=native_config(harness.free_port(), harness.free_port(), ports,
-                                           plugin_config))
+        config = (make_config(ports) if make_config is not None else
+                  native_config(harness.free_port(), harness.free_port(), ports, plugin_config))
+        envoy = Envoy(workdir, ports, log_args=LOG_ARGS, config=config)
         harness.ACTIVE_ENVOYS.append(envoy)
         envoy.start()
         yield envoy, backends

@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 import harness
-from harness import Backend, Client, Envoy
-from test_native import LOG_ARGS, NATIVE_DIR, NATIVE_SO, native_config, refusal, validate_native
+from harness import Client, Envoy
+from test_native import (LOG_ARGS, NATIVE_DIR, NATIVE_SO, native_config, native_stack, refusal,
+                         validate_native)
 
 CLI = harness.REPO / "target" / "release" / "tether"
 SECRET = "tether-keys"
@@ -69,26 +70,8 @@ def write_sds(path: Path, keys: list[str]):
 @contextlib.contextmanager
 def running(workdir: Path, make_config):
     """Three backends and one Envoy with the config `make_config(ports)` gives; all stopped."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    backends = {f"backend-{i}": Backend(f"backend-{i}", workdir) for i in (1, 2, 3)}
-    envoy = None
-    try:
-        for b in backends.values():
-            b.start()
-        ports = [b.port for b in backends.values()]
-        envoy = Envoy(workdir, ports, log_args=LOG_ARGS, config=make_config(ports))
-        harness.ACTIVE_ENVOYS.append(envoy)
-        envoy.start()
+    with native_stack(workdir, make_config=make_config) as (envoy, _):
         yield envoy
-        assert envoy.alive(), "envoy died"
-        assert envoy.bad_log_lines() == []
-    finally:
-        if envoy is not None:
-            envoy.stop()
-            if envoy in harness.ACTIVE_ENVOYS:
-                harness.ACTIVE_ENVOYS.remove(envoy)
-        for b in backends.values():
-            b.stop()
 
 
 @contextlib.contextmanager
