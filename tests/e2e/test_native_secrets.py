@@ -174,3 +174,43 @@ def test_a_secret_envoy_does_not_have_is_refused_naming_the_field(tmp_path):
 def test_the_wasm_build_refuses_keys_secret_naming_the_field(tmp_path):
     line = refusal(*harness.validate_plugin_config({"keys_secret": SECRET}, tmp_path))
     assert "keys_secret: Envoy's secrets reach only the native build" in line, line
+
+
+def test_keys_that_reach_an_sds_secret_late_are_taken_up_when_they_do(tmp_path):
+    """While the secret Envoy has holds no keys (served empty, as before its first value),
+    streams go on without tether (load-balanced, no token, one warning); the first keys
+    delivered seal the next new session, with no reload."""
+    key = new_key()
+    sds = tmp_path / "sds.yaml"
+    write_sds(sds, [])  # the secret exists with no keys yet: no usable value
+
+    def config(ports):
+        cfg = native_config(harness.free_port(), harness.free_port(), ports,
+                            {"keys_secret": {"name": SECRET, "path": str(sds)}})
+        cfg["node"] = {"id": "tether-test", "cluster": "tether-test"}
+        return cfg
+
+    with running(tmp_path / "envoy", config) as envoy:
+        client = Client(envoy.port, fresh=True)
+        try:
+            for _ in range(3):
+                r = client.request("/", cookie=None)
+                assert r.status == 200 and r.set_cookie(harness.COOKIE) is None, r.headers
+        finally:
+            client.close()
+        write_sds(sds, [key])
+        deadline = time.monotonic() + 15
+        while True:
+            client = Client(envoy.port, fresh=True)
+            try:
+                cookie = client.request("/", cookie=None).set_cookie(harness.COOKIE)
+            finally:
+                client.close()
+            if cookie is not None:
+                break
+            assert time.monotonic() < deadline, "the delivered secret was not taken up"
+            time.sleep(0.2)
+        assert opens(cookie.value, key)
+        warnings = [l for l in envoy.log().splitlines()
+                    if "streams go on without tether until it has" in l]
+        assert len(warnings) == 1, warnings
