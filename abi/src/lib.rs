@@ -195,6 +195,23 @@ unsafe fn envoy_bytes<'a>(b: sys::EnvoyBuffer) -> &'a [u8] {
 }
 
 /// Envoy's configuration object, during one of its hooks (`config_new`, a scheduled event).
+/// A subscribed secret's value through one of Envoy's two getters (the configuration's or a
+/// stream's filter's); `None` for an id Envoy does not know.
+///
+/// # Safety
+/// `ptr` must be the live object `getter` takes, in the current hook.
+unsafe fn secret_through<'a>(
+    getter: unsafe extern "C" fn(*mut std::ffi::c_void, u64, *mut sys::EnvoyBuffer) -> bool,
+    ptr: *mut std::ffi::c_void,
+    id: SecretId,
+) -> Option<&'a [u8]> {
+    let mut result = sys::EnvoyBuffer::EMPTY;
+    // SAFETY: by the caller's contract `ptr` is live; `result` is a valid out-pointer.
+    let found = unsafe { getter(ptr, id.0, &mut result) };
+    // SAFETY: the value lives in this thread's copy of the secret, valid for this hook.
+    found.then(|| unsafe { envoy_bytes(result) })
+}
+
 /// A configuration's subscription to one of Envoy's generic secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecretId(u64);
@@ -227,18 +244,14 @@ impl ConfigHandle<'_> {
 
     /// A subscribed secret's current value; `None` for an id Envoy does not know.
     pub fn secret(&self, id: SecretId) -> Option<&[u8]> {
-        let mut result = sys::EnvoyBuffer::EMPTY;
-        // SAFETY: live configuration; `result` is a valid out-pointer.
-        let found = unsafe {
-            sys::envoy_dynamic_module_callback_http_filter_config_get_generic_secret(
+        // SAFETY: `self.ptr` is this hook's live configuration, what the getter takes.
+        unsafe {
+            secret_through(
+                sys::envoy_dynamic_module_callback_http_filter_config_get_generic_secret,
                 self.ptr,
-                id.0,
-                &mut result,
+                id,
             )
-        };
-        // SAFETY: the value lives in Envoy's copy of the secret on this thread, valid for
-        // this hook.
-        found.then(|| unsafe { envoy_bytes(result) })
+        }
     }
 
     /// A counter named `name` (no labels).
@@ -581,17 +594,14 @@ impl EnvoyFilter<'_> {
     /// A secret the configuration subscribed to, as it is now on this worker (rotations by
     /// SDS reach each worker in turn); `None` for an id Envoy does not know.
     pub fn secret(&self, id: SecretId) -> Option<&[u8]> {
-        let mut result = sys::EnvoyBuffer::EMPTY;
-        // SAFETY: live filter; `result` is a valid out-pointer.
-        let found = unsafe {
-            sys::envoy_dynamic_module_callback_http_filter_get_generic_secret(
+        // SAFETY: `self.ptr` is this hook's live filter, what the getter takes.
+        unsafe {
+            secret_through(
+                sys::envoy_dynamic_module_callback_http_filter_get_generic_secret,
                 self.ptr,
-                id.0,
-                &mut result,
+                id,
             )
-        };
-        // SAFETY: the value lives in this worker's copy of the secret, valid for this hook.
-        found.then(|| unsafe { envoy_bytes(result) })
+        }
     }
 
     /// The cluster the request is routed to.
