@@ -75,9 +75,12 @@ lint: target
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) --lib -- -D warnings
 	cargo clippy --release --target $(TARGET) -p tether-sticky-sdk -- -D warnings
+	cargo clippy --release --target $(TARGET) -p tether-sticky-sdk --features sealed -- -D warnings
+	cargo clippy -p tether-sticky-sdk --all-targets --features sealed -- -D warnings
 
 unit:
 	cargo test --workspace
+	cargo test -p tether-sticky-sdk --features sealed
 
 # The same unit tests compiled for 32-bit wasm, run in Node (the core without the host).
 unit-wasm: $(WASM_TEST_RUNNER)
@@ -151,13 +154,19 @@ build-floor:
 	cp $(NATIVE_DIR)/libtether_floor.so $(FLOOR_SO)
 
 # bench/sticky-sdk: bench/sticky.wat written with the proxy-wasm SDK, the floor of any filter
-# on the SDK; through the same wasm-opt as tether's module, so the two are built alike.
+# on the SDK, and (--features sealed) the same with its cookie sealed as an authenticated token;
+# through the same wasm-opt as tether's module, so they are built alike. Cargo writes both to one
+# name: the sealed one is built first and moved aside.
 STICKY_SDK_WASM := target/$(TARGET)/release/tether_sticky_sdk.wasm
+STICKY_SEALED_WASM := target/$(TARGET)/release/tether_sticky_sealed.wasm
 build-sticky-sdk: target $(WASM_OPT)
+	cargo build --release --target $(TARGET) -p tether-sticky-sdk --features sealed
+	$(WASM_OPT) $(WASM_OPT_FLAGS) $(STICKY_SDK_WASM) -o $(STICKY_SEALED_WASM)
 	cargo build --release --target $(TARGET) -p tether-sticky-sdk
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $(STICKY_SDK_WASM) -o $(STICKY_SDK_WASM).opt && \
 	  mv $(STICKY_SDK_WASM).opt $(STICKY_SDK_WASM)
-	@echo "module: $(STICKY_SDK_WASM) ($$(stat -c %s $(STICKY_SDK_WASM)) bytes)"
+	@echo "modules: $(STICKY_SDK_WASM) ($$(stat -c %s $(STICKY_SDK_WASM)) bytes)," \
+	  "$(STICKY_SEALED_WASM) ($$(stat -c %s $(STICKY_SEALED_WASM)) bytes)"
 
 bench: build build-native build-floor build-sticky-sdk setup
 	@command -v wrk >/dev/null || { \

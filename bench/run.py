@@ -64,7 +64,10 @@ WAT_MODULES = {"empty": BENCH / "empty.wat", "sticky": BENCH / "sticky.wat"}
 STICKY_WAT_COOKIE = "s"  # the cookie bench/sticky.wat sets and reads
 # bench/sticky.wat written in Rust with the proxy-wasm SDK (bench/sticky-sdk, `make
 # build-sticky-sdk`): the same calls, the same cookie, the floor of any filter on the SDK.
-SDK_MODULES = {"sticky-sdk": REPO / "target" / "wasm32-wasip1" / "release" / "tether_sticky_sdk.wasm"}
+# Built `--features sealed`, its cookie is an authenticated token: the floor of any filter on the
+# SDK whose cookie reveals and lets forge nothing, as the mission asks of tether's tokens.
+SDK_MODULES = {"sticky-sdk": REPO / "target" / "wasm32-wasip1" / "release" / "tether_sticky_sdk.wasm",
+               "sticky-sealed": REPO / "target" / "wasm32-wasip1" / "release" / "tether_sticky_sealed.wasm"}
 WASM_AS = REPO / ".tools" / "node_modules" / ".bin" / "wasm-as"
 MARK_START = "<!-- results:start -->"
 MARK_END = "<!-- results:end -->"
@@ -256,6 +259,12 @@ VARIANTS = {
                         "sticky-sdk", None, "sticky-returning"),
     "wasm-sticky-sdk-new": ("cheapest sticky wasm filter written with the proxy-wasm SDK, new session",
                             "sticky-sdk", None, "plain"),
+    # The same with its cookie sealed (XChaCha20-Poly1305, as tether's tokens): what an
+    # authenticated cookie costs on the SDK at the least.
+    "wasm-sticky-sealed": ("cheapest sticky wasm filter on the SDK with a sealed cookie, returning",
+                           "sticky-sealed", None, "sticky-returning"),
+    "wasm-sticky-sealed-new": ("cheapest sticky wasm filter on the SDK with a sealed cookie, new session",
+                               "sticky-sealed", None, "plain"),
     # The floor of any sticky dynamic module on tether's ABI crate (bench/floor): the same
     # session work as bench/sticky.wat, through the same hooks and calls tether's native build
     # uses (the override-host call instead of a header).
@@ -279,6 +288,7 @@ NATIVE_BUILD = {f"n-{key}": (f"native build: {label}", "tether-native", cfg, sha
                 if kind == "tether" and key != "route-off"}
 VARIANTS.update(NATIVE_BUILD)
 STICKY = {"native", "cookie", "header", "mcp", "learn", "source-ip", "wasm-sticky", "wasm-sticky-sdk",
+          "wasm-sticky-sealed",
           "native-floor", "native-floor-strip", "n-cookie", "n-header", "n-mcp", "n-learn", "n-source-ip"}
 LEARN_IDS = 64  # the fixed set of returning ids of the `learn` variant
 
@@ -545,10 +555,12 @@ class Bench:
                 check = self.spread_check(c, [[] for _ in range(12)])
                 base = key.split("@")[0].removeprefix("n-")
                 if base in ("cookie-new", "native-new", "wasm-sticky-new", "wasm-sticky-sdk-new",
+                            "wasm-sticky-sealed-new",
                             "native-floor-new"):
                     r = c.request("/", cookie=None)
                     name = {"native-new": "native", "wasm-sticky-new": STICKY_WAT_COOKIE,
                             "wasm-sticky-sdk-new": STICKY_WAT_COOKIE,
+                            "wasm-sticky-sealed-new": STICKY_WAT_COOKIE,
                             "native-floor-new": STICKY_WAT_COOKIE}.get(base, harness.COOKIE)
                     check["set_cookie_each_response"] = r.set_cookie(name) is not None
             return headers, ids, warm_ids, check
@@ -884,6 +896,11 @@ def summarize(runs: dict, scale: dict | None, load: dict, module: dict, info: di
         "wasm_sticky_sdk_new_vs_wasm_sticky_new": ratio("wasm-sticky-sdk-new", "wasm-sticky-new"),
         "cookie_vs_wasm_sticky_sdk": ratio("cookie", "wasm-sticky-sdk"),
         "cookie_new_vs_wasm_sticky_sdk_new": ratio("cookie-new", "wasm-sticky-sdk-new"),
+        # ... and with its cookie sealed: the floor of an authenticated cookie on the SDK.
+        "wasm_sticky_sealed_vs_wasm_sticky": ratio("wasm-sticky-sealed", "wasm-sticky"),
+        "wasm_sticky_sealed_new_vs_wasm_sticky_new": ratio("wasm-sticky-sealed-new", "wasm-sticky-new"),
+        "cookie_vs_wasm_sticky_sealed": ratio("cookie", "wasm-sticky-sealed"),
+        "cookie_new_vs_wasm_sticky_sealed_new": ratio("cookie-new", "wasm-sticky-sealed-new"),
         # The native build (issue #14) next to Envoy's own filter.
         "n_cookie_vs_native": ratio("n-cookie", "native"),
         "n_cookie_new_vs_native_new": ratio("n-cookie-new", "native-new"),
@@ -1149,6 +1166,14 @@ def markdown(res: dict, svg_name: str) -> str:
              "tether's own work on the SDK"),
             ("cookie_new_vs_wasm_sticky_sdk_new", "tether cookie new / SDK floor new",
              "tether's own work on the SDK"),
+            ("wasm_sticky_sealed_vs_wasm_sticky", "sealed SDK floor returning / sticky.wat returning",
+             "the floor of any filter on the SDK with an authenticated cookie (opened on every request)"),
+            ("wasm_sticky_sealed_new_vs_wasm_sticky_new", "sealed SDK floor new / sticky.wat new",
+             "the floor of any filter on the SDK with an authenticated cookie"),
+            ("cookie_vs_wasm_sticky_sealed", "tether cookie returning / sealed SDK floor returning",
+             "tether's own work above an authenticated cookie"),
+            ("cookie_new_vs_wasm_sticky_sealed_new", "tether cookie new / sealed SDK floor new",
+             "tether's own work above an authenticated cookie"),
             ("wasm_empty_vs_native", "empty proxy-wasm filter / native returning",
              "the floor of any wasm filter here"),
             ("cookie_vs_wasm_empty", "tether cookie returning / empty wasm filter", "tether's own work"),

@@ -16,7 +16,7 @@ use log::{debug, error, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -51,6 +51,9 @@ thread_local! {
     /// When this worker last knew sessions' records fresh: a hot session's requests skip the
     /// shared-data read.
     static RECENT: RefCell<Recent> = RefCell::new(Recent::new(RECENT_SLOTS));
+    /// Whether this worker's last request that was asked for every field of a header had none
+    /// (see `HostRequest::all`).
+    static LAST_HAD_NONE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Sessions each worker remembers (`Recent`); a fixed allocation per worker, whatever the flood.
@@ -292,10 +295,21 @@ impl Request for HostRequest {
         }
     }
 
+    /// The whole map costs several times a single value: a header that is absent is known
+    /// from one cheap call, without it. That call is wasted when the header is there, so it is
+    /// made only while this worker's requests come without the header (clients with no cookie
+    /// at all), and the map is read at once while they come with it (browsers). Either way the
+    /// answer is the same.
     fn all(&mut self, name: &str) -> Vec<&[u8]> {
-        self.map
+        if self.map.is_none() && LAST_HAD_NONE.get() && self.first(name).is_none() {
+            return Vec::new();
+        }
+        let values = self
+            .map
             .get_or_insert_with(|| header_map(MapType::HttpRequestHeaders))
-            .values(name)
+            .values(name);
+        LAST_HAD_NONE.set(values.is_empty());
+        values
     }
 
     fn source_address(&mut self) -> Option<String> {

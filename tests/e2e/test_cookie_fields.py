@@ -22,6 +22,24 @@ def test_a_session_in_the_second_cookie_field_pins_and_the_others_pass(env):
     assert r.echoed_headers().get("cookie") == ["a=1", "b=2"], "untouched without tether's cookie"
 
 
+def test_after_requests_with_no_cookie_every_field_is_still_read(env):
+    """A worker whose requests came with no cookie asks for the first field alone before the
+    whole map (one connection: one worker); the request after them, its session in a later
+    field, must still pin and keep the application's cookies."""
+    c, first = pinned_client(env, "backend-2")
+    token = f"{COOKIE}={c.jar[COOKIE]}"
+    for fields in (["a=1", token], [token, "a=1", "b=2; c=3"], ["a=1", "b=2", token]):
+        for _ in range(3):
+            r = c.request("/", cookie=None, update_jar=False)
+            assert r.status == 200 and r.set_cookie(COOKIE) is not None, r
+        r = c.request("/", cookie=fields, update_jar=False)
+        assert r.status == 200 and r.backend == "backend-2", (fields, r)
+        assert r.header("set-cookie") == [], f"a new session for a pinned client: {fields} {r}"
+        rest = [f for f in fields if f != token]
+        assert r.echoed_headers().get("cookie") == ["; ".join(rest)], (fields, r.echoed_headers())
+    assert c.connections == 1, "the requests must have reached one worker"
+
+
 def test_a_backend_cannot_set_tethers_cookie(env):
     c, first = pinned_client(env, "backend-1")
     token = c.jar[COOKIE]
