@@ -1,8 +1,8 @@
 //! What the core sees of a request and a response, and the changes it asks for.
 //!
-//! The adapter reads each header map once (one host call) and hands it over whole, so the core
-//! sees every field of a repeated header (HTTP/1.1 clients may send `Cookie` several times;
-//! Envoy's single-value getter returns the first only) and costs no host call per header.
+//! The core asks for every field of a repeated header where it needs them (HTTP/1.1 clients may
+//! send `Cookie` several times; Envoy's single-value getter returns the first only): the adapter
+//! then reads the whole map (one host call) and keeps it, so later lookups cost no host call.
 
 /// A header map as Envoy hands it over: (name, value) pairs in order; names may repeat. Envoy
 /// gives names in lower case, and the core asks for them so.
