@@ -309,6 +309,18 @@ fn broken() -> Vec<Broken> {
         },
         Broken {
             base: "envoy/envoy.yaml",
+            what: "Envoy's hour-long upstream idle timeout",
+            change: |v| remove(v, &format!("{CLUSTER}/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/common_http_protocol_options")),
+            expect: "static_resources.clusters[0] (app): no upstream idle_timeout",
+        },
+        Broken {
+            base: "envoy/native.yaml",
+            what: "the upstream idle timeout turned off",
+            change: |v| *at(v, &format!("{CLUSTER}/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/common_http_protocol_options/idle_timeout")) = json!("0s"),
+            expect: "static_resources.clusters[0] (app): no upstream idle_timeout",
+        },
+        Broken {
+            base: "envoy/envoy.yaml",
             what: "no active health checks",
             change: |v| remove(v, &format!("{CLUSTER}/health_checks")),
             expect: "static_resources.clusters[0] (app): no active health checks",

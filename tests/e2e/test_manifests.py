@@ -488,7 +488,16 @@ def service_and_port() -> tuple[dict, int]:
     return svc, ports[0]["port"]
 
 
-def test_demo_app_serves_what_the_manifests_route_to():
+def test_upstream_idle_timeouts_match_envoy_yaml():
+    options = shipped_cluster()["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    want = options["common_http_protocol_options"]["idle_timeout"]
+    dr = one("DestinationRule")["spec"]["trafficPolicy"]
+    assert dr["connectionPool"]["http"]["idleTimeout"] == want
+    btp = one("BackendTrafficPolicy")["spec"]
+    assert btp["timeout"]["http"]["connectionIdleTimeout"] == want
+
+
     svc, port = service_and_port()
     dep = one("Deployment")
     assert dep["metadata"]["namespace"] == svc["metadata"]["namespace"]

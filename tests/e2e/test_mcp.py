@@ -191,6 +191,29 @@ def raw_call(port: int, envelope: str, call_id: int, timeout: float = 5.0):
                        session=envelope, timeout=timeout)
 
 
+def test_envoy_closes_an_idle_server_connection_before_the_server_does(envoy):
+    # uvicorn closes a keep-alive connection idle for 5 s. Were Envoy to send a call on it just
+    # as the server closes it, the call would be reset after it went out, which this route does
+    # not retry: the client would get a 503. So Envoy closes it first (the cluster's idle_timeout).
+    stats = "cluster.mcp.upstream_cx_(idle_timeout|destroy_remote)$"
+    envelope, server = initialize(envoy.port)
+    idle_since = time.monotonic()
+    before = envoy.stats(stats)
+    closed = wait_until(
+        lambda: envoy.stats(stats).get("cluster.mcp.upstream_cx_idle_timeout", 0)
+        > before.get("cluster.mcp.upstream_cx_idle_timeout", 0), 4.8 - (time.monotonic() - idle_since),
+        what="Envoy closing the idle server connection")
+    assert closed and time.monotonic() - idle_since < 5.0
+    time.sleep(max(0.0, 5.5 - (time.monotonic() - idle_since)))
+    # Past the server's own keep-alive timeout, the session's next call is served by its server
+    # on a new connection, and the server closed none of Envoy's connections meanwhile.
+    answer = whoami(envoy.port, envelope, 3)
+    assert answer["session"] == server and answer["count"] == 2, answer
+    after = envoy.stats(stats)
+    assert after.get("cluster.mcp.upstream_cx_destroy_remote", 0) \
+        == before.get("cluster.mcp.upstream_cx_destroy_remote", 0), (before, after)
+
+
 def test_a_forged_or_altered_envelope_never_steers_and_reaches_the_server_as_it_came(envoy):
     envelope, _ = initialize(envoy.port)
     before = counter(envoy, "tether_invalid_tokens")

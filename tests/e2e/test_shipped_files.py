@@ -56,3 +56,18 @@ def test_makefile_run_uses_the_shipped_config():
 
     assert demo.config_for(*demo.DEFAULT_PORTS[:2], demo.DEFAULT_PORTS[2]) == ROOT / "envoy" / "envoy.yaml"
     assert "backend.py" in (ROOT / "envoy" / "demo.py").read_text()
+
+
+def test_every_shipped_cluster_closes_idle_backend_connections_before_common_backends_do():
+    # uvicorn, Node's http server and Apache close a keep-alive connection idle for 5 s; the
+    # cluster closes it first, so no request goes out on a connection its backend is closing
+    # (tests/e2e/test_mcp.py sees Envoy do it).
+    seen = []
+    for path in sorted((ROOT / "envoy").glob("*.yaml")):
+        for cluster in yaml.safe_load(path.read_text())["static_resources"]["clusters"]:
+            options = cluster["typed_extension_protocol_options"][
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            idle = options.get("common_http_protocol_options", {}).get("idle_timeout", "")
+            assert idle.endswith("s") and 0 < float(idle[:-1]) < 5, f"{path.name} {cluster['name']}: {idle!r}"
+            seen.append(f"{path.name}:{cluster['name']}")
+    assert len(seen) >= 7, seen

@@ -734,6 +734,24 @@ fn check_cluster(cpath: &str, cluster: &Value, need: &Needs, report: &mut Report
             "add circuit_breakers.thresholds[].retry_budget",
         );
     }
+    let idle = cluster
+        .get("typed_extension_protocol_options")
+        .and_then(|o| o.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
+        .and_then(|o| o.get("common_http_protocol_options"))
+        .and_then(|o| o.get("idle_timeout"));
+    // An explicit value is the user's reading of their backends' keep-alive; Envoy's default of
+    // an hour (or none, for 0s) outlasts every common one.
+    if idle.is_none_or(is_zero) {
+        report.find(
+            cpath,
+            "no upstream idle_timeout: Envoy keeps an idle backend connection for an hour, \
+             backends close theirs sooner (uvicorn, Node, Apache: 5 s), and a request sent as \
+             one closes is reset: retried elsewhere, its session leaves a live endpoint",
+            "set typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.\
+             HttpProtocolOptions].common_http_protocol_options.idle_timeout below the backends' \
+             keep-alive timeout (envoy/envoy.yaml's: 4s)",
+        );
+    }
     if need.wasm {
         check_override_host(cpath, cluster, need, report);
         check_upstream_strip(cpath, cluster, need, report);
@@ -1097,12 +1115,13 @@ mod tests {
         ));
         let found = lines(&r);
         let problems: Vec<&str> = r.findings.iter().map(|f| f.problem.as_str()).collect();
-        assert_eq!(found.len(), 5, "{found:?}");
+        assert_eq!(found.len(), 6, "{found:?}");
         assert!(problems[0].starts_with("no active health checks"));
         assert!(problems[1].starts_with("no outlier detection"));
         assert!(problems[2].starts_with("no retry budget"));
-        assert!(problems[3].starts_with("no override_host load-balancing policy"));
-        assert!(problems[4].starts_with("nothing removes x-tether-host upstream"));
+        assert!(problems[3].starts_with("no upstream idle_timeout"));
+        assert!(problems[4].starts_with("no override_host load-balancing policy"));
+        assert!(problems[5].starts_with("nothing removes x-tether-host upstream"));
         assert!(r
             .findings
             .iter()
