@@ -17,6 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -54,6 +55,9 @@ thread_local! {
     /// Whether this worker's last request that was asked for every field of a header had none
     /// (see `HostRequest::all`).
     static LAST_HAD_NONE: Cell<bool> = const { Cell::new(false) };
+    /// The holds of this worker's open streams whose end matters, by context id: the tick
+    /// keeps their sessions fresh while they last (`plugin::Hold`).
+    static HOLDS: RefCell<HashMap<u32, plugin::Hold>> = RefCell::new(HashMap::new());
 }
 
 /// Sessions each worker remembers (`Recent`); a fixed allocation per worker, whatever the flood.
@@ -249,6 +253,12 @@ impl RootContext for TetherRoot {
 
     fn on_tick(&mut self) {
         follow_host_log_level();
+        let now = now_ms();
+        HOLDS.with(|h| {
+            for hold in h.borrow_mut().values_mut() {
+                hold.tick(&SharedData, now);
+            }
+        });
         flush_metrics();
     }
 
@@ -452,6 +462,8 @@ impl HttpContext for TetherStream {
         apply(MapType::HttpResponseHeaders, &action.ops);
         if !self.plugin.watches_stream_end(stream) {
             self.stream = None;
+        } else if let Some(hold) = self.plugin.hold(stream, self.now_ms) {
+            HOLDS.with(|h| h.borrow_mut().insert(self.context_id, hold));
         }
         Action::Continue
     }
@@ -469,7 +481,11 @@ impl Drop for TetherStream {
         if !self.plugin.watches_stream_end(&stream) {
             return;
         }
-        let writes = self.plugin.on_stream_end(&stream, &SharedData, now_ms());
+        let mut writes = self.plugin.on_stream_end(&stream, &SharedData, now_ms());
+        let hold = HOLDS.try_with(|h| h.borrow_mut().remove(&self.context_id));
+        if let Ok(Some(hold)) = hold {
+            writes.add(&hold.into_report());
+        }
         TALLY.with(|t| t.borrow_mut().writes(&writes));
         // The per-endpoint gauge is not per cluster: no cluster is read for it.
         ENDPOINTS.with(|e| {

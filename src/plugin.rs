@@ -4,6 +4,7 @@
 use crate::config::{Config, ConfigError, ReadSecret, SessionType, STRICT_HEADER};
 use crate::entropy::Entropy;
 use crate::http::{HeaderOp, Request, Response};
+pub use crate::policy::Hold;
 use crate::policy::{Decision, Policy, PolicyState, ResponseAction};
 use crate::secret::{process_secret, Key};
 use crate::table::{BindingTable, Store, WriteReport};
@@ -241,6 +242,15 @@ impl Plugin {
         self.policies
             .get(stream.policy)
             .is_some_and(Policy::watches_stream_end)
+    }
+
+    /// What keeps the session of this stream fresh while it stays open, for the adapter's
+    /// timer (`None`: its end does not matter, or there is no record to touch).
+    pub fn hold(&self, stream: &Stream, now_ms: u64) -> Option<Hold> {
+        self.policies
+            .get(stream.policy)
+            .filter(|p| p.watches_stream_end())
+            .and_then(|p| p.hold(&stream.state, now_ms))
     }
 
     /// The end of a request's stream; what it wrote.

@@ -14,6 +14,7 @@ use crate::store;
 use crate::TetherConfig;
 use log::{debug, warn};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +23,7 @@ use tether::endpoints::{for_each_change, for_each_live_change};
 use tether::entropy::{Csprng, SystemEntropy};
 use tether::http::{HeaderOp, Request, Response};
 use tether::metrics::{to_i64, Kind, Metric, Tally};
-use tether::plugin::{Plugin, Stream};
+use tether::plugin::{Hold, Plugin, Stream};
 use tether::policy::{Found, ResponseAction};
 use tether::table::WriteReport;
 use tether_abi::{Attribute, EnvoyFilter, Filter, HeaderMap, Status};
@@ -41,6 +42,18 @@ thread_local! {
 
 /// Numbers the streams of this process for the decision lines (`tether[N]: ...`).
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+/// The holds of the process's open streams whose end matters, by stream number: the ticking
+/// thread keeps their sessions fresh while they last (`tether::plugin::Hold`).
+static HOLDS: Mutex<BTreeMap<u64, Hold>> = Mutex::new(BTreeMap::new());
+
+/// The ticking thread's call (metrics.rs): every open stream's session touched when due.
+pub(crate) fn tick_holds() {
+    let now = now_ms();
+    for hold in crate::metrics::lock(&HOLDS).values_mut() {
+        hold.tick(store::global(), now);
+    }
+}
 
 /// A configuration's id, this worker's plugin for it, the worker's pending figures, and the
 /// values of the configuration's secrets its plugin was made from.
@@ -180,6 +193,17 @@ pub(crate) struct TetherFilter {
     tally: Tally,
     /// The worker's figures for this configuration, not handed to Envoy yet.
     pending: Arc<Mutex<Pending>>,
+    /// The stream has a hold in `HOLDS`.
+    held: bool,
+}
+
+impl Drop for TetherFilter {
+    // A filter Envoy destroys without completing its stream leaves no hold behind.
+    fn drop(&mut self) {
+        if self.held {
+            crate::metrics::lock(&HOLDS).remove(&self.id);
+        }
+    }
 }
 
 impl TetherFilter {
@@ -194,6 +218,7 @@ impl TetherFilter {
             now_ms: 0,
             local_reply: None,
             tally: Tally::default(),
+            held: false,
         })
     }
 
@@ -455,6 +480,10 @@ impl Filter for TetherFilter {
         self.tally.response(&action);
         self.hand_over(envoy, Moved::Response(&action, stream.state.found()));
         if plugin.watches_stream_end(&stream) {
+            if let Some(hold) = plugin.hold(&stream, self.now_ms) {
+                crate::metrics::lock(&HOLDS).insert(self.id, hold);
+                self.held = true;
+            }
             self.stream = Some(stream);
         }
         debug!(
@@ -494,8 +523,15 @@ impl Filter for TetherFilter {
             .take()
             .filter(|stream| self.plugin.watches_stream_end(stream))
             .map(|stream| {
-                self.plugin
-                    .on_stream_end(&stream, store::global(), now_ms())
+                let mut writes = self
+                    .plugin
+                    .on_stream_end(&stream, store::global(), now_ms());
+                if std::mem::take(&mut self.held) {
+                    if let Some(hold) = crate::metrics::lock(&HOLDS).remove(&self.id) {
+                        writes.add(&hold.into_report());
+                    }
+                }
+                writes
             })
             .unwrap_or_default();
         self.tally.writes(&writes);

@@ -25,7 +25,7 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A poisoned lock (a panic while it was held, caught at the hook) still holds counts worth
 /// keeping.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -50,7 +50,10 @@ pub(crate) struct Flusher {
 impl Flusher {
     /// The flusher of a new configuration; `scheduler` is the configuration's, if Envoy made one.
     pub(crate) fn new(scheduler: Option<ConfigScheduler>) -> Arc<Flusher> {
-        let ticking = scheduler.is_some() && ticker_started();
+        // Started whether or not Envoy made a scheduler: it also keeps open streams' sessions
+        // fresh (filter::tick_holds).
+        let started = ticker_started();
+        let ticking = scheduler.is_some() && started;
         let flusher = Arc::new(Flusher {
             workers: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
@@ -217,6 +220,7 @@ fn ticker_started() -> bool {
 /// pending gets its flush scheduled; a panic not reported yet gets the first one's.
 fn tick() {
     tether_abi::refresh_log_level();
+    crate::filter::tick_holds();
     let live: Vec<Arc<Flusher>> = {
         let mut registry = lock(&REGISTRY);
         registry.retain(|w| w.strong_count() > 0);

@@ -12,7 +12,7 @@ mod response_sessions;
 mod table_sessions;
 mod token_sessions;
 
-pub use response_sessions::{ResponseSessions, ResponseState, MAX_RESPONSE_ID_LEN};
+pub use response_sessions::{Hold, ResponseSessions, ResponseState, MAX_RESPONSE_ID_LEN};
 pub use table_sessions::{client_ip, TableSessions, TableState, MAX_LEARNED_LEN};
 pub use token_sessions::{TokenSessions, TokenState};
 
@@ -365,6 +365,14 @@ impl Policy {
         match self {
             Policy::Response(p) => p.watches_stream_end(),
             Policy::Token(_) | Policy::Table(_) => false,
+        }
+    }
+
+    /// What keeps the session of a stream still open fresh (see `Hold`).
+    pub fn hold(&self, state: &PolicyState, now_ms: u64) -> Option<Hold> {
+        match (self, state) {
+            (Policy::Response(p), PolicyState::Response(s)) => p.hold(s, now_ms),
+            _ => None,
         }
     }
 

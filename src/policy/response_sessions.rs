@@ -505,6 +505,24 @@ impl ResponseSessions {
         action
     }
 
+    /// What keeps the session of a stream still open fresh: `None` when nothing needs to (no
+    /// idle timeout, or the request is not pinned to a binding of the table).
+    pub fn hold(&self, state: &ResponseState, now_ms: u64) -> Option<Hold> {
+        let (Some(table), Found::Pinned(pin), Some(id)) = (&self.table, &state.found, &state.id)
+        else {
+            return None;
+        };
+        let every_ms = self.lifetimes.touch_interval_ms()?.max(1);
+        Some(Hold {
+            table: table.clone(),
+            key: self.id_of(id),
+            endpoint: pin.endpoint.as_ref().into(),
+            every_ms,
+            last_ms: pin.last_seen_ms.min(now_ms),
+            touched: Touched::default(),
+        })
+    }
+
     /// With an idle timeout, a stream's end is a use of its session.
     pub fn watches_stream_end(&self) -> bool {
         self.table.is_some() && self.lifetimes.idle_ms.is_some()
@@ -542,5 +560,71 @@ impl ResponseSessions {
             }
             Err(_) => WriteReport::default(),
         }
+    }
+}
+
+/// An open stream's claim on its session. A stream is activity while it lasts (an MCP client's
+/// GET of server-sent events may stay open, silent, far longer than the idle timeout), but a
+/// request of the session may arrive on another worker, which knows only the record: so the
+/// adapter's timer touches the record for each open stream, as often as requests would. It
+/// holds no `Rc`: the native build's timer runs on a thread of its own.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    table: BindingTable,
+    key: SessionId,
+    endpoint: Box<str>,
+    every_ms: u64,
+    last_ms: u64,
+    touched: Touched,
+}
+
+/// A `WriteReport` that can cross threads, until the stream's end hands it over.
+#[derive(Debug, Clone, Default)]
+struct Touched {
+    cas_retries: usize,
+    evicted_live: usize,
+    bindings_delta: i64,
+    endpoint_deltas: Vec<(Box<str>, i64)>,
+}
+
+impl Hold {
+    /// The timer's call: the record touched when a request at `now_ms` would touch it. The
+    /// binding may be gone (the session ended, or was evicted): then nothing is written.
+    pub fn tick(&mut self, store: &dyn Store, now_ms: u64) {
+        if now_ms.saturating_sub(self.last_ms) < self.every_ms {
+            return;
+        }
+        self.last_ms = now_ms;
+        if let Ok(r) = self.table.touch(store, &self.key, &self.endpoint, now_ms) {
+            self.table.remember(store, &self.key, Some(now_ms));
+            let t = &mut self.touched;
+            t.cas_retries += r.cas_retries;
+            t.evicted_live += r.evicted_live;
+            t.bindings_delta += r.bindings_delta;
+            for (endpoint, delta) in r.endpoint_deltas {
+                match t.endpoint_deltas.iter_mut().find(|(e, _)| **e == *endpoint) {
+                    Some((_, d)) => *d += delta,
+                    None => t.endpoint_deltas.push((endpoint.as_ref().into(), delta)),
+                }
+            }
+        }
+    }
+
+    /// What the timer's writes changed in the table, for the stream's end to report.
+    pub fn into_report(self) -> WriteReport {
+        let t = self.touched;
+        let mut report = WriteReport {
+            cas_retries: t.cas_retries,
+            evicted_live: t.evicted_live,
+            bindings_delta: t.bindings_delta,
+            endpoint_deltas: Vec::new(),
+        };
+        let deltas = t
+            .endpoint_deltas
+            .into_iter()
+            .filter(|(_, d)| *d != 0)
+            .map(|(e, d)| (Rc::from(e), d));
+        report.endpoint_deltas.extend(deltas);
+        report
     }
 }

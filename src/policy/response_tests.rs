@@ -4,7 +4,7 @@ use super::*;
 use crate::config::Config;
 use crate::encoding::{base64url_decode, base64url_encode};
 use crate::entropy::SystemEntropy;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, Stream};
 use crate::testing::{FakeRequest, FakeResponse, FakeStore};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -399,6 +399,22 @@ fn replicas_with_the_same_keys_route_alike_and_rotation_keeps_sessions() {
     );
 }
 
+/// The session's GET of its event stream at `at`, answered by A (and still open).
+fn opened_stream(p: &Plugin, store: &FakeStore, envelope: &str, at: u64) -> Stream {
+    let stream = p
+        .on_request(None, &mut call(envelope), store, at)
+        .stream
+        .unwrap();
+    p.on_response(
+        &stream,
+        &mut FakeResponse::ok(A),
+        store,
+        at,
+        &mut SystemEntropy,
+    );
+    stream
+}
+
 /// Issue #13, item 5: an open stream is activity; the idle clock counts from its end.
 #[test]
 fn a_long_stream_keeps_its_session_and_the_idle_clock_counts_from_its_end() {
@@ -418,17 +434,8 @@ fn long_stream_keeps_its_session(store: FakeStore) {
     }
     let env = initialize(&p, &store, A, "s1", 0);
     // The GET that opens the event stream at 1 s; it stays open 30 s.
-    let mut get = call(&env);
-    let plan = p.on_request(None, &mut get, &store, 1_000);
-    let stream = plan.stream.unwrap();
+    let stream = opened_stream(&p, &store, &env, 1_000);
     assert!(p.watches_stream_end(&stream));
-    p.on_response(
-        &stream,
-        &mut FakeResponse::ok(A),
-        &store,
-        1_000,
-        &mut SystemEntropy,
-    );
     p.on_stream_end(&stream, &store, 31_000);
     let x = exchange(&p, &store, call(&env), FakeResponse::ok(A), 40_000);
     assert_eq!(
@@ -451,6 +458,45 @@ fn long_stream_keeps_its_session(store: FakeStore) {
         50_001,
     );
     assert_eq!(x.pinned_to(), Some(A));
+}
+
+/// A stream still open is activity for the requests made meanwhile: its hold, ticked by the
+/// adapter's timer, keeps the record fresh; without the ticks the same request finds it idle.
+#[test]
+fn an_open_streams_hold_keeps_its_session_fresh_while_it_lasts() {
+    for store in [FakeStore::default(), FakeStore::remembering(64)] {
+        for ticked in [true, false] {
+            let p = plugin(&MCP.replace('}', r#", "idle_timeout": "10s"}"#));
+            for table in p.tables() {
+                table.prepare(&store).unwrap();
+            }
+            let env = initialize(&p, &store, A, "s1", 0);
+            let stream = opened_stream(&p, &store, &env, 1_000);
+            let mut hold = p
+                .hold(&stream, 1_000)
+                .expect("an open stream of a pinned session");
+            if ticked {
+                for second in 2..=25 {
+                    hold.tick(&store, second * 1_000);
+                }
+            }
+            // A request 24 s into the stream, 14 s past the idle timeout of the last one.
+            let x = exchange(&p, &store, call(&env), FakeResponse::ok(A), 25_000);
+            if ticked {
+                assert_eq!(x.pinned_to(), Some(A), "the stream is open");
+            } else {
+                assert_eq!(x.found, Found::New(Miss::Expired), "no tick, no activity");
+            }
+            // Touches of a live binding change no count.
+            assert_eq!(hold.into_report().bindings_delta, 0);
+        }
+    }
+    // Without an idle timeout there is nothing to hold.
+    let p = plugin(MCP);
+    let store = FakeStore::default();
+    let env = initialize(&p, &store, A, "s1", 0);
+    let stream = p.on_request(None, &mut call(&env), &store, 1_000).stream;
+    assert!(stream.is_none_or(|s| p.hold(&s, 1_000).is_none()));
 }
 
 /// A session that comes back often costs no shared-data read while this worker knows its

@@ -8,6 +8,7 @@ cookies): a session works only when tether learns the server's Mcp-Session-Id fr
 """
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import threading
@@ -17,7 +18,7 @@ import pytest
 
 import harness
 from harness import HOST, free_port, wait_until
-from mcp_programs import INITIALIZE, McpServer, header, mcp_request, run_client, sse_messages
+from mcp_programs import INITIALIZE, PROTOCOL_VERSION, McpServer, header, mcp_request, run_client, sse_messages
 from topologies import (count_decisions, module_topology, new_key, plugin, shipped,  # noqa: F401 - fixture
                         topology, with_endpoints)
 
@@ -246,6 +247,14 @@ def test_a_delete_the_server_accepts_ends_the_session_and_its_envelope_after(env
 # idle_timeout and an open stream
 
 
+def assert_expired(env, envelope: str, expired_before: int):
+    """The session's next call finds it expired: its envelope steers nowhere (the server that
+    would know the session is not asked)."""
+    status, _, body = raw_call(env.port, envelope, 4)
+    assert status == 404, body
+    assert wait_counter(env, "tether_expired", expired_before + 1) >= expired_before + 1
+
+
 def test_an_open_stream_keeps_an_idle_session_and_the_clock_counts_from_its_end(topology, tmp_path):
     servers = start_servers(tmp_path)
     try:
@@ -262,9 +271,35 @@ def test_an_open_stream_keeps_an_idle_session_and_the_clock_counts_from_its_end(
         envelope, _ = initialize(env.port)
         assert whoami(env.port, envelope, 3)["count"] == 2
         time.sleep(4.5)
-        status, _, body = raw_call(env.port, envelope, 4)
-        assert status == 404, body
-        assert wait_counter(env, "tether_expired", expired_before + 1) >= expired_before + 1
+        assert_expired(env, envelope, expired_before)
+    finally:
+        stop_servers(servers)
+
+
+def test_an_open_stream_keeps_its_session_for_the_requests_made_while_it_lasts(topology, tmp_path):
+    servers = start_servers(tmp_path)
+    try:
+        env = add_envoy(topology, servers, "mcp-open", keys=[new_key()], idle_timeout="3s")
+        envelope, server = initialize(env.port)
+        expired_before = counter(env, "tether_expired")
+        # The session's GET stream opens and stays open with nothing on it; the session's next
+        # call comes more than twice the idle timeout later, likely on another worker.
+        stream = http.client.HTTPConnection(HOST, env.port, timeout=15)
+        try:
+            stream.request("GET", "/mcp", headers={
+                "Accept": "text/event-stream", "Mcp-Session-Id": envelope,
+                "MCP-Protocol-Version": PROTOCOL_VERSION})
+            opened = stream.getresponse()
+            assert opened.status == 200, opened.status
+            time.sleep(6.5)
+            answer = whoami(env.port, envelope, 3)
+            assert answer["session"] == server and answer["count"] == 2, answer
+            assert counter(env, "tether_expired") == expired_before
+        finally:
+            stream.close()
+        # Its end lets the clock run: the same silence with no stream open ends the session.
+        time.sleep(4.5)
+        assert_expired(env, envelope, expired_before)
     finally:
         stop_servers(servers)
 
